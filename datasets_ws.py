@@ -1,0 +1,209 @@
+"""Datasets in the datasets_vg layout: image lists, UTM labels, positives, and image loading.
+
+Layout: <datasets_folder>/<dataset_name>/images/<split>/{database|gallery,queries}/**/*.{jpg,png}
+File names carry UTM coordinates: fields 1 and 2 of the name split on '@' are easting and northing.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.utils.data as data
+import torchvision.transforms.v2 as T
+from PIL import Image, UnidentifiedImageError
+from sklearn.neighbors import NearestNeighbors
+
+from commons import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+DATABASE_FOLDER_NAMES = ("database", "gallery")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def parse_utm(path: str | Path) -> tuple[float, float]:
+    """Return (easting, northing) parsed from fields 1 and 2 of the file name split on '@'."""
+    fields = Path(path).name.split("@")
+    try:
+        return float(fields[1]), float(fields[2])
+    except (IndexError, ValueError):
+        raise UserError(f"file name without UTM coordinates: {path}; names must look like "
+                        f"'@<easting>@<northing>@...@.jpg' (datasets_vg format)") from None
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Sorted image files below folder (recursively)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def split_folder(datasets_folder: str | None, dataset_name: str, split: str) -> Path:
+    """Path of <datasets_folder>/<dataset_name>/images/<split>, with actionable errors when missing."""
+    if not datasets_folder:
+        raise UserError("no datasets folder given; pass --datasets_folder or set DATASETS_FOLDER")
+    root = Path(datasets_folder)
+    if not root.is_dir():
+        raise UserError(f"datasets folder {root} does not exist; check --datasets_folder / DATASETS_FOLDER")
+    ds = root / dataset_name
+    if not (ds / "images").is_dir():
+        found = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+        raise UserError(f"dataset '{dataset_name}' not found in {root} (expected {ds}/images); "
+                        f"available: {', '.join(found) or 'none'}; check --dataset_name")
+    folder = ds / "images" / split
+    if not folder.is_dir():
+        have = sorted(p.name for p in (ds / "images").iterdir() if p.is_dir())
+        raise UserError(f"split '{split}' missing: {folder} does not exist (dataset has: {', '.join(have)}); "
+                        f"choose an existing split")
+    return folder
+
+
+def find_subfolder(folder: Path, names: tuple[str, ...], what: str) -> Path:
+    """The first of names that exists inside folder."""
+    for name in names:
+        if (folder / name).is_dir():
+            return folder / name
+    raise UserError(f"{folder} has no {what} folder (expected one of: {', '.join(names)})")
+
+
+def utms_of(paths: list[Path]) -> np.ndarray:
+    """N×2 float64 array of UTM (easting, northing) for the given files."""
+    return np.array([parse_utm(p) for p in paths], dtype=np.float64).reshape(-1, 2)
+
+
+def radius_neighbors(db_utms: np.ndarray, q_utms: np.ndarray, radius: float) -> list[np.ndarray]:
+    """For each query, the sorted indices of database points within radius metres."""
+    knn = NearestNeighbors(n_jobs=1).fit(db_utms)
+    found = knn.radius_neighbors(q_utms, radius=radius, return_distance=False)
+    return [np.sort(f).astype(np.int64) for f in found]
+
+
+def build_resize(resize: tuple[int, int]) -> T.Compose:
+    """PIL image → uint8 tensor 3×H×W at the given (H, W)."""
+    return T.Compose([T.ToImage(), T.Resize(list(resize), antialias=True)])
+
+
+NORMALIZE = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open an RGB image, with a clear error for corrupt files."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"corrupt or unreadable image {path} ({e}); replace or delete it, "
+                        f"or pass --skip_corrupt") from None
+
+
+class BaseDataset(data.Dataset):
+    """Database followed by queries of one split; item i is (image 3×H×W, i).
+
+    Attributes: database_paths, queries_paths, database_utms (N_db×2), queries_utms (N_q×2),
+    soft_positives_per_query (list of index arrays within val_positive_dist_threshold).
+    """
+
+    def __init__(self, datasets_folder: str | None, dataset_name: str, split: str,
+                 resize: tuple[int, int] = (480, 640), val_positive_dist_threshold: float = 25.0):
+        super().__init__()
+        self.dataset_name, self.split = dataset_name, split
+        folder = split_folder(datasets_folder, dataset_name, split)
+        self.database_paths = list_images(find_subfolder(folder, DATABASE_FOLDER_NAMES, "database"))
+        self.queries_paths = list_images(find_subfolder(folder, ("queries",), "queries"))
+        for what, paths in (("database", self.database_paths), ("queries", self.queries_paths)):
+            if not paths:
+                raise UserError(f"no images in the {what} of {folder}; add .jpg/.png files or choose another split")
+        self.database_utms = utms_of(self.database_paths)
+        self.queries_utms = utms_of(self.queries_paths)
+        self.val_positive_dist_threshold = val_positive_dist_threshold
+        self.soft_positives_per_query = radius_neighbors(self.database_utms, self.queries_utms,
+                                                         val_positive_dist_threshold)
+        self.images_paths = self.database_paths + self.queries_paths
+        self.resize_transform = build_resize(tuple(resize))
+
+    @property
+    def database_num(self) -> int:
+        return len(self.database_paths)
+
+    @property
+    def queries_num(self) -> int:
+        return len(self.queries_paths)
+
+    def load_uint8(self, index: int) -> torch.Tensor:
+        """Image index (database first, then queries) resized, as a uint8 3×H×W tensor."""
+        return self.resize_transform(open_image(self.images_paths[index]))
+
+    def load(self, index: int) -> torch.Tensor:
+        """Image index (database first, then queries) as a normalized float 3×H×W tensor."""
+        return NORMALIZE(self.load_uint8(index))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.load(index), index
+
+    def __len__(self) -> int:
+        return len(self.images_paths)
+
+    def as_images(self) -> "ImagesView":
+        """A dataset whose item i is (image i, i), database first then queries."""
+        return ImagesView(self)
+
+    def __repr__(self) -> str:
+        return (f"< {self.dataset_name} - {self.split} - #database: {self.database_num}; "
+                f"#queries: {self.queries_num} >")
+
+
+class ImagesView(data.Dataset):
+    """Item i of a BaseDataset (or subclass) as (normalized image 3×H×W, i)."""
+
+    def __init__(self, base: BaseDataset):
+        self.base = base
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.base.load(index), index
+
+    def __len__(self) -> int:
+        return len(self.base.images_paths)
+
+
+class TripletsDataset(BaseDataset):
+    """Training split: adds train positives (within train_positives_dist_threshold).
+
+    Queries without any train positive are dropped together with their soft-positive rows.
+    Triplets are set by the miner via `set_triplets`; item i is (images (2+K)×3×H×W, indices (2+K)),
+    where indices are in the database-then-queries numbering and row 0 is the query.
+    """
+
+    def __init__(self, datasets_folder: str | None, dataset_name: str, split: str = "train",
+                 resize: tuple[int, int] = (480, 640), val_positive_dist_threshold: float = 25.0,
+                 train_positives_dist_threshold: float = 10.0, augmentation=None):
+        super().__init__(datasets_folder, dataset_name, split, resize, val_positive_dist_threshold)
+        positives = radius_neighbors(self.database_utms, self.queries_utms, train_positives_dist_threshold)
+        keep = np.array([len(p) > 0 for p in positives], dtype=bool)
+        dropped = int((~keep).sum())
+        if dropped:
+            logging.info(f"{dropped} of {len(keep)} training queries have no positive within "
+                         f"{train_positives_dist_threshold} m and are dropped")
+        if not keep.any():
+            raise UserError(f"no training query has a positive within {train_positives_dist_threshold} m; "
+                            f"raise --train_positives_dist_threshold or check the UTM names")
+        self.queries_paths = [p for p, k in zip(self.queries_paths, keep) if k]
+        self.queries_utms = self.queries_utms[keep]
+        self.soft_positives_per_query = [s for s, k in zip(self.soft_positives_per_query, keep) if k]
+        self.positives_per_query = [p for p, k in zip(positives, keep) if k]
+        self.images_paths = self.database_paths + self.queries_paths
+        self.augmentation = augmentation
+        self.triplets = np.zeros((0, 2), dtype=np.int64)
+
+    def set_triplets(self, triplets: np.ndarray) -> None:
+        """triplets: T×(2+K) int64, columns = (query index, positive db index, K negative db indices)."""
+        self.triplets = triplets
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q, *db = self.triplets[index].tolist()
+        ids = [self.database_num + q] + db
+        images = [self.load_uint8(i) for i in ids]
+        if self.augmentation is not None:  # callable(uint8 3×H×W, is_query) -> uint8 3×H×W
+            images = [self.augmentation(img, j == 0) for j, img in enumerate(images)]
+        return torch.stack([NORMALIZE(img) for img in images]), torch.tensor(ids)
+
+    def __len__(self) -> int:
+        return len(self.triplets)

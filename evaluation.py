@@ -1,0 +1,93 @@
+"""Feature extraction and recall@N: the one test loop shared by validation, testing, eval.py and mining."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from commons import autocast, to_input
+from indexing import build_index, search
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, dataset, indices: Sequence[int], batch_size: int,
+                     num_workers: int, device: str, precision: str = "fp32", desc: str = "features") -> np.ndarray:
+    """Descriptors of dataset items `indices`, in that order: N×D float32.
+
+    dataset[i] must return (image 3×H×W, i). The model is put in eval mode.
+    """
+    model.eval()
+    indices = np.asarray(indices, dtype=np.int64)
+    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, num_workers=num_workers,
+                        pin_memory=device == "cuda", persistent_workers=False)
+    out: np.ndarray | None = None
+    pos = 0
+    for images, _ in tqdm(loader, desc=desc, ncols=100, leave=False, disable=len(loader) < 2):
+        with autocast(device, precision):
+            feats = model(to_input(images, device, precision)).float().cpu().numpy()  # B×D
+        if out is None:
+            out = np.empty((len(indices), feats.shape[1]), dtype=np.float32)
+        out[pos:pos + len(feats)] = feats
+        pos += len(feats)
+    return out
+
+
+def hits_matrix(predictions: np.ndarray, queries_utms: np.ndarray, database_utms: np.ndarray,
+                threshold: float) -> np.ndarray:
+    """Q×K boolean: prediction (q, k) lies within `threshold` metres of query q."""
+    d = np.linalg.norm(database_utms[predictions] - queries_utms[:, None, :], axis=2)  # Q×K metres
+    return d <= threshold
+
+
+def recalls_from_hits(hits: np.ndarray, recall_values: Sequence[int]) -> dict[int, float]:
+    """Recall@N in percent: share of queries with a hit among their top N, for each N."""
+    first_hit_cum = np.cumsum(hits, axis=1) > 0  # Q×K: any hit within the top k+1
+    k = hits.shape[1]
+    return {int(n): float(first_hit_cum[:, min(n, k) - 1].mean() * 100) for n in recall_values}
+
+
+def format_recalls(recalls: dict[int, float]) -> str:
+    """'R@1: 50.0, R@5: 75.0, ...'."""
+    return ", ".join(f"R@{n}: {v:.1f}" for n, v in sorted(recalls.items()))
+
+
+@dataclass
+class EvalResult:
+    """Outcome of one evaluation: recalls keyed by N, plus what is needed for plots and reports."""
+    recalls: dict[int, float]
+    predictions: np.ndarray  # Q×K database indices, nearest first
+    distances: np.ndarray  # Q×K squared L2 feature distances
+    queries_without_positives: int
+    info: dict = field(default_factory=dict)
+
+
+def evaluate_descriptors(db_feats: np.ndarray, q_feats: np.ndarray, dataset, recall_values: Sequence[int],
+                         index_kind: str = "flat", max_k: int | None = None) -> EvalResult:
+    """Search queries against the database with one faiss index and compute recall@N."""
+    k = min(max(max(recall_values), max_k or 0), len(db_feats))
+    index = build_index(db_feats, index_kind)
+    distances, predictions = search(index, q_feats, k)
+    hits = hits_matrix(predictions, dataset.queries_utms, dataset.database_utms,
+                       dataset.val_positive_dist_threshold)
+    no_pos = int(sum(len(p) == 0 for p in dataset.soft_positives_per_query))
+    if no_pos:
+        logging.info(f"{no_pos} of {len(q_feats)} queries have no database image within "
+                     f"{dataset.val_positive_dist_threshold} m; they count as failures")
+    info = {"dataset": dataset.dataset_name, "split": dataset.split,
+            "threshold": dataset.val_positive_dist_threshold, "queries_num": int(len(q_feats)),
+            "database_num": int(len(db_feats)), "queries_without_positives": no_pos}
+    return EvalResult(recalls_from_hits(hits, recall_values), predictions, distances, no_pos, info)
+
+
+def test(model: torch.nn.Module, dataset, recall_values: Sequence[int], batch_size: int, num_workers: int,
+         device: str, precision: str = "fp32", index_kind: str = "flat", max_k: int | None = None) -> EvalResult:
+    """Encode database and queries of `dataset` (a BaseDataset) and compute recall@N."""
+    feats = extract_features(model, dataset, range(len(dataset)), batch_size, num_workers, device, precision,
+                             desc=f"encoding {dataset.split}")
+    db_num = dataset.database_num
+    return evaluate_descriptors(feats[:db_num], feats[db_num:], dataset, recall_values, index_kind, max_k)

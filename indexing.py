@@ -1,0 +1,228 @@
+"""Nearest-neighbour search over large descriptor databases with faiss, and on-disk descriptor storage.
+
+Index kinds:
+  * "flat"  - exact squared-L2 search (IndexFlatL2), float32 copy of the database.
+  * "ivfpq" - inverted file + 4-bit fast-scan product quantization for a shortlist, re-ranked against the
+              vectors stored in float16 (IndexRefine). Approximate; ~D/8 + 2*D bytes per vector.
+  * "hnsw"  - HNSW graph over float32 (or float16 for big databases) vectors. Approximate.
+
+Distances returned by `search` are squared L2 for every kind. Descriptors are stored as .npy files
+(np.lib.format), so `np.load(path, mmap_mode="r")` works and databases larger than RAM stay on disk.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from commons import UserError
+
+INDEX_KINDS = ("flat", "ivfpq", "hnsw")
+CHUNK_ROWS = 32768  # rows converted to float32 at a time when adding / sampling a (memmapped) database
+TRAIN_SEED = 123  # seed for the IVF training sample (faiss k-means has its own fixed seed)
+_DEFAULTS_DOC = {
+    "ivfpq": ("nlist", "m", "nbits", "nprobe", "k_factor", "refine", "n_train", "seed"),
+    "hnsw": ("M", "ef_construction", "ef_search", "storage"),
+    "flat": (),
+}
+
+
+def default_params(kind: str, n: int, d: int) -> dict[str, Any]:
+    """Defaults of `build_index` for a database of n vectors of dimension d (tuned at 1M x 256-D).
+
+    ivfpq: nlist ~ sqrt(N) (power of two, >= 39 training points per list), PQ with D/4 4-bit sub-quantizers
+    (D/8 bytes/vector, fast-scan), nprobe = nlist/16 clipped to [8, 64], shortlist of k*k_factor (k_factor
+    32) re-ranked against float16 vectors. hnsw: M=32, efConstruction=40, efSearch=64; float16 storage when
+    the float32 vectors would exceed 1 GiB.
+    """
+    _check_kind(kind)
+    if kind == "flat":
+        return {}
+    if kind == "ivfpq":
+        nlist = 2 ** max(2, round(math.log2(math.sqrt(max(n, 1)))))
+        while nlist > 4 and nlist * 39 > n:
+            nlist //= 2
+        m = d // 4 if d % 8 == 0 else d
+        return {"nlist": nlist, "m": m, "nbits": 4, "nprobe": int(min(64, max(8, nlist // 16))),
+                "k_factor": 32, "refine": "float16", "n_train": min(n, 64 * nlist), "seed": TRAIN_SEED}
+    storage = "float16" if n * d * 4 > 2 ** 30 else "float32"
+    return {"M": 32, "ef_construction": 40, "ef_search": 64, "storage": storage}
+
+
+def build_index(database: np.ndarray, kind: str = "flat", **params: Any) -> faiss.Index:
+    """Build a searchable index over database (N x D, float32/float16, in memory or np.memmap).
+
+    params override `default_params(kind, N, D)`; unknown names raise UserError. The database is
+    converted to float32 in chunks of CHUNK_ROWS rows, so a memmap is never copied whole into RAM
+    (except into the index's own storage for "flat"/"hnsw" float32).
+    """
+    _check_kind(kind)
+    database = _check_matrix(database, "database")
+    n, d = database.shape
+    p = default_params(kind, n, d)
+    unknown = sorted(set(params) - set(p))
+    if unknown:
+        raise UserError(f"unknown {kind} index parameter(s) {unknown}; use some of {list(_DEFAULTS_DOC[kind])}")
+    p.update(params)
+    if kind == "flat":
+        index = faiss.IndexFlatL2(d)
+    elif kind == "ivfpq":
+        index = _make_ivfpq(database, p)
+    else:
+        index = _make_hnsw(d, p)
+    for start in range(0, n, CHUNK_ROWS):
+        index.add(_as_f32(database[start:start + CHUNK_ROWS]))
+    return index
+
+
+def _make_ivfpq(database: np.ndarray, p: dict[str, Any]) -> faiss.Index:
+    """Untrained -> trained IVF-PQ(+refine) index; training rows are a fixed-seed sample of database."""
+    n, d = database.shape
+    if d % int(p["m"]) != 0:
+        raise UserError(f"ivfpq m={p['m']} does not divide the dimension {d}; pass m=<a divisor of {d}>")
+    if int(p["nbits"]) not in (4, 8):
+        raise UserError(f"ivfpq nbits={p['nbits']} is not supported; use nbits=4 (fast-scan) or nbits=8")
+    pq = f"PQ{int(p['m'])}x4fs" if int(p["nbits"]) == 4 else f"PQ{int(p['m'])}x8"
+    refine = {"float16": ",Refine(SQfp16)", "float32": ",RFlat", None: "", "none": ""}.get(p["refine"], "?")
+    if refine == "?":
+        raise UserError(f"ivfpq refine={p['refine']!r} is unknown; use 'float16', 'float32' or None")
+    index = faiss.index_factory(d, f"IVF{int(p['nlist'])},{pq}{refine}", faiss.METRIC_L2)
+    n_train = int(min(n, max(int(p["n_train"]), int(p["nlist"]))))
+    rows = np.sort(np.random.default_rng(int(p["seed"])).choice(n, size=n_train, replace=False))
+    train = np.empty((n_train, d), dtype=np.float32)
+    for start in range(0, n_train, CHUNK_ROWS):
+        train[start:start + CHUNK_ROWS] = database[rows[start:start + CHUNK_ROWS]]
+    index.train(train)
+    del train
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = int(min(p["nprobe"], p["nlist"]))
+    if refine:
+        index.k_factor = float(p["k_factor"])
+    return index
+
+
+def _make_hnsw(d: int, p: dict[str, Any]) -> faiss.Index:
+    """Empty HNSW index with float32 or float16 vector storage."""
+    storage = {"float32": "", "float16": ",SQfp16"}.get(p["storage"])
+    if storage is None:
+        raise UserError(f"hnsw storage={p['storage']!r} is unknown; use 'float32' or 'float16'")
+    index = faiss.index_factory(d, f"HNSW{int(p['M'])}{storage}", faiss.METRIC_L2)
+    index.hnsw.efConstruction = int(p["ef_construction"])
+    index.hnsw.efSearch = int(p["ef_search"])
+    if not index.is_trained:  # SQfp16 needs no statistics; train on nothing to flip the flag
+        index.train(np.zeros((1, d), dtype=np.float32))
+    return index
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest database vectors of each query in one batched call.
+
+    queries: Q x D. Returns (distances Q x k' float32 squared L2, ids Q x k' int64) with
+    k' = min(k, index.ntotal); approximate kinds may fill missing neighbours with id -1.
+    """
+    if k < 1:
+        raise UserError(f"search k={k} must be at least 1; ask for k >= 1 neighbours")
+    queries = _check_matrix(queries, "queries")
+    if queries.shape[1] != index.d:
+        raise UserError(f"queries have dimension {queries.shape[1]} but the index has {index.d}; "
+                        f"encode queries and database with the same model")
+    k = int(min(k, index.ntotal))
+    if k == 0:
+        raise UserError("the index is empty; add database descriptors before searching")
+    distances, ids = index.search(_as_f32(queries), k)
+    return distances, ids.astype(np.int64, copy=False)
+
+
+def index_nbytes(index: faiss.Index) -> int:
+    """Size in bytes of the serialized index (a close proxy of its RAM), counted without copying it."""
+    total = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal total
+        total += len(chunk)
+        return len(chunk)
+
+    writer = faiss.PyCallbackIOWriter(count)
+    faiss.write_index(index, writer)
+    del writer
+    return total
+
+
+def save_descriptors(path: str | Path, array: np.ndarray, dtype: str = "float16") -> None:
+    """Write array (N x D) to path as .npy in dtype ("float16" or "float32"), converting chunk by chunk."""
+    array = _check_matrix(array, "descriptors")
+    with DescriptorWriter(path, array.shape[0], array.shape[1], dtype) as writer:
+        for start in range(0, array.shape[0], CHUNK_ROWS):
+            writer.write(array[start:start + CHUNK_ROWS])
+
+
+def open_descriptors(path: str | Path, mmap: bool = True) -> np.ndarray:
+    """Open a .npy descriptor file; memory-mapped read-only (np.memmap) when mmap, else loaded in RAM."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"descriptor file {path} does not exist; compute the descriptors first or fix the path")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+        raise UserError(f"{path} is not a valid .npy descriptor file ({e}); recompute the descriptors") from e
+
+
+class DescriptorWriter:
+    """Fill an on-disk N x D .npy memmap chunk by chunk (rows in order, or at explicit offsets).
+
+    with DescriptorWriter("db.npy", n, dim, "float16") as w:
+        for batch in batches: w.write(batch)
+    """
+
+    def __init__(self, path: str | Path, n: int, dim: int, dtype: str = "float16") -> None:
+        if dtype not in ("float16", "float32"):
+            raise UserError(f"descriptor dtype {dtype!r} is not supported; use 'float16' or 'float32'")
+        self.path, self.n, self.dim, self.position = Path(path), int(n), int(dim), 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=dtype, shape=(self.n, self.dim))
+
+    def write(self, chunk: np.ndarray, start: int | None = None) -> None:
+        """Write chunk (B x D) at row start (default: right after the previous chunk)."""
+        start = self.position if start is None else int(start)
+        chunk = np.asarray(chunk)
+        if chunk.ndim != 2 or chunk.shape[1] != self.dim or start < 0 or start + len(chunk) > self.n:
+            raise UserError(f"chunk of shape {chunk.shape} at row {start} does not fit a {self.n} x {self.dim} "
+                            f"descriptor file; write B x {self.dim} chunks within the {self.n} rows")
+        self.array[start:start + len(chunk)] = chunk
+        self.position = start + len(chunk)
+
+    def close(self) -> None:
+        """Flush to disk and release the memmap."""
+        if self.array is not None:
+            self.array.flush()
+            self.array = None
+
+    def __enter__(self) -> "DescriptorWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in INDEX_KINDS:
+        raise UserError(f"unknown index kind {kind!r}; use one of {', '.join(INDEX_KINDS)}")
+
+
+def _check_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    """Validate a 2-D floating matrix without copying it (memmaps stay memmaps)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise UserError(f"{name} must be a 2-D N x D array, got shape {x.shape}; stack the descriptors first")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise UserError(f"{name} has dtype {x.dtype}; pass float32 or float16 descriptors")
+    return x
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    """C-contiguous float32 view/copy of a chunk (a copy only when needed)."""
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,169 @@
+"""Triplet mining methods. Each miner returns triplets T×(2+K): (query, positive, K negatives).
+
+Query indices are within the training queries, positive/negative indices within the database.
+Add a miner with one function decorated by @register_miner(name).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from evaluation import extract_features
+
+MINERS: dict[str, Callable[["MiningContext", np.ndarray], np.ndarray]] = {}
+MAX_CHUNK_ELEMENTS = 1 << 26  # bound on the size of a query-chunk × database similarity block
+
+
+def register_miner(name: str):
+    """Decorator adding fn(ctx, query_ids) -> triplets to MINERS."""
+    def deco(fn):
+        MINERS[name] = fn
+        return fn
+    return deco
+
+
+@dataclass
+class MiningContext:
+    """What miners need: model, training dataset, flags, and the persistent negative cache (Q×K, -1 = empty)."""
+    model: torch.nn.Module
+    dataset: object  # datasets_ws.TripletsDataset
+    args: object
+    device: str
+    neg_cache: np.ndarray
+    encode: Callable | None = None  # encode(indices, desc) -> N×D; defaults to extract_features
+
+    def __post_init__(self) -> None:
+        self.soft_keys = soft_positive_keys(self.dataset)
+        self.positives = pad_ragged(self.dataset.positives_per_query)
+
+    def features(self, indices: np.ndarray, desc: str) -> torch.Tensor:
+        """Descriptors N×D of dataset items (database-then-queries numbering)."""
+        if self.encode is not None:
+            return torch.from_numpy(self.encode(indices, desc))
+        a = self.args
+        return torch.from_numpy(extract_features(self.model, self.dataset.as_images(), indices, a.infer_batch_size,
+                                                 a.num_workers, self.device, a.precision, desc=desc))
+
+
+def soft_positive_keys(dataset) -> np.ndarray:
+    """Sorted int64 keys q·N_db + d of all (query, soft positive) pairs, for vectorized membership tests."""
+    n_db = dataset.database_num
+    keys = [q * n_db + np.asarray(s, dtype=np.int64) for q, s in enumerate(dataset.soft_positives_per_query)]
+    return np.sort(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+
+
+def is_soft_positive(dataset, keys: np.ndarray, query_ids: np.ndarray, db_ids: np.ndarray) -> np.ndarray:
+    """Boolean array shaped like db_ids (n×C): db_ids[i, j] is a soft positive of query_ids[i]."""
+    return np.isin(query_ids[:, None] * dataset.database_num + db_ids, keys)
+
+
+def pad_ragged(lists: list[np.ndarray]) -> np.ndarray:
+    """Stack ragged int arrays into an n×P matrix padded with -1."""
+    lens = np.array([len(p) for p in lists], dtype=np.int64)
+    out = np.full((len(lists), max(1, int(lens.max(initial=0)))), -1, dtype=np.int64)
+    rows = np.repeat(np.arange(len(lists)), lens)
+    cols = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    out[rows, cols] = np.concatenate(lists) if len(lists) else []
+    return out
+
+
+def gathered_distances(q_feats: torch.Tensor, db_feats: torch.Tensor, cand: np.ndarray) -> torch.Tensor:
+    """n×C squared L2 distances between each query and its candidate database rows (-1 → +inf)."""
+    cand_t = torch.from_numpy(cand)
+    valid = cand_t >= 0
+    out = torch.full(cand.shape, float("inf"))
+    rows = max(1, MAX_CHUNK_ELEMENTS // max(1, cand.shape[1] * db_feats.shape[1]))
+    for s in range(0, len(cand), rows):  # chunked only to bound memory
+        c = cand_t[s:s + rows].clamp(min=0)
+        d = ((db_feats[c] - q_feats[s:s + rows, None, :]) ** 2).sum(-1)  # rows×C
+        out[s:s + rows] = torch.where(valid[s:s + rows], d, torch.full_like(d, float("inf")))
+    return out
+
+
+def choose_negatives(ctx: MiningContext, query_ids: np.ndarray, cand: np.ndarray, scores: torch.Tensor) -> np.ndarray:
+    """The K lowest-score candidates per query, skipping soft positives, duplicates and -1: n×K.
+
+    Rows left with fewer than K valid candidates are topped up with random non-positive database images.
+    """
+    ds, k = ctx.dataset, ctx.args.negs_num_per_query
+    order = np.argsort(cand, axis=1, kind="stable")
+    sorted_c = np.take_along_axis(cand, order, 1)
+    dup = np.zeros_like(cand, dtype=bool)
+    np.put_along_axis(dup, order[:, 1:], sorted_c[:, 1:] == sorted_c[:, :-1], 1)
+    bad = dup | (cand < 0) | is_soft_positive(ds, ctx.soft_keys, query_ids, np.maximum(cand, 0))
+    scores = scores.masked_fill(torch.from_numpy(bad), float("inf"))
+    top = torch.topk(scores, k, dim=1, largest=False)
+    chosen = np.take_along_axis(cand, top.indices.numpy(), 1)
+    short = ~torch.isfinite(top.values).all(1).numpy()
+    for i in np.flatnonzero(short):  # rare: fewer than K valid candidates for this query
+        chosen[i] = random_non_positives(ds, query_ids[i], k)
+    return chosen
+
+
+def random_non_positives(ds, q: int, k: int) -> np.ndarray:
+    """k distinct random database indices outside query q's soft positives."""
+    allowed = np.setdiff1d(np.arange(ds.database_num), ds.soft_positives_per_query[q])
+    if len(allowed) < k:
+        from commons import UserError
+        raise UserError(f"query {q} has only {len(allowed)} possible negatives but --negs_num_per_query is {k}; "
+                        f"lower --negs_num_per_query or --val_positive_dist_threshold")
+    return np.random.choice(allowed, k, replace=False)
+
+
+def nearest_positive(q_feats: torch.Tensor, db_feats: torch.Tensor, pos: np.ndarray) -> np.ndarray:
+    """For each query, its train positive closest in feature space (pos: n×P padded with -1)."""
+    d = gathered_distances(q_feats, db_feats, pos)
+    return np.take_along_axis(pos, d.argmin(1, keepdim=True).numpy(), 1)[:, 0]
+
+
+def _as_triplets(query_ids: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    return np.concatenate([query_ids[:, None], positives[:, None], negatives], axis=1).astype(np.int64)
+
+
+@register_miner("full")
+def mine_full(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
+    """Encode the whole database and the sampled queries; hardest negatives among --neg_samples_num random
+    database images plus each query's previous hard negatives."""
+    ds, a = ctx.dataset, ctx.args
+    db_feats = ctx.features(np.arange(ds.database_num), "caching database")
+    q_feats = ctx.features(ds.database_num + query_ids, "caching queries")
+    positives = nearest_positive(q_feats, db_feats, ctx.positives[query_ids])
+    rand = np.random.randint(0, ds.database_num, size=(len(query_ids), a.neg_samples_num))
+    cand = np.concatenate([rand, ctx.neg_cache[query_ids]], axis=1)
+    negatives = choose_negatives(ctx, query_ids, cand, gathered_distances(q_feats, db_feats, cand))
+    ctx.neg_cache[query_ids] = negatives
+    return _as_triplets(query_ids, positives, negatives)
+
+
+@register_miner("partial")
+def mine_partial(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
+    """Encode only a shared random sample of --neg_samples_num database images (plus the positives);
+    hardest negatives among that sample."""
+    ds, a = ctx.dataset, ctx.args
+    sample = np.random.choice(ds.database_num, min(a.neg_samples_num, ds.database_num), replace=False)
+    pos = ctx.positives[query_ids]
+    needed = np.union1d(sample, pos[pos >= 0])
+    feats = ctx.features(needed, "caching database sample")
+    db_feats = torch.zeros(ds.database_num, feats.shape[1])
+    db_feats[torch.from_numpy(needed)] = feats
+    q_feats = ctx.features(ds.database_num + query_ids, "caching queries")
+    positives = nearest_positive(q_feats, db_feats, pos)
+    cand = np.broadcast_to(sample, (len(query_ids), len(sample))).copy()
+    negatives = choose_negatives(ctx, query_ids, cand, gathered_distances(q_feats, db_feats, cand))
+    return _as_triplets(query_ids, positives, negatives)
+
+
+@register_miner("random")
+def mine_random(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
+    """No encoding: a random train positive and random non-positive negatives."""
+    ds, a = ctx.dataset, ctx.args
+    pos = ctx.positives[query_ids]
+    counts = (pos >= 0).sum(1)
+    positives = pos[np.arange(len(pos)), (np.random.rand(len(pos)) * counts).astype(np.int64)]
+    cand = np.random.randint(0, ds.database_num, size=(len(query_ids), max(a.neg_samples_num, 2 * a.negs_num_per_query)))
+    negatives = choose_negatives(ctx, query_ids, cand, torch.rand(cand.shape))
+    return _as_triplets(query_ids, positives, negatives)

@@ -1,0 +1,102 @@
+"""The geo-localization network: backbone → optional attention → aggregation → optional FC + L2."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aggregations import build_aggregation
+from attention import build_attention
+from backbones import build_backbone
+from commons import UserError
+
+ARCH_DEFAULTS = {"backbone": "resnet18conv4", "aggregation": "gem", "netvlad_clusters": 64,
+                 "fc_output_dim": None, "attention": "none"}
+
+
+class GeoLocalizationNet(nn.Module):
+    """Images B×3×H×W → L2-normalized descriptors B×D (D = self.out_dim)."""
+
+    def __init__(self, backbone: str = "resnet18conv4", aggregation: str = "gem", netvlad_clusters: int = 64,
+                 fc_output_dim: int | None = None, attention: str = "none", pretrained: bool = False,
+                 train_all_layers: bool = False):
+        super().__init__()
+        bb = build_backbone(backbone, pretrained, aggregation, train_all_layers)
+        self.backbone = bb.net
+        self.attention = build_attention(attention, bb.out_dim)
+        self.aggregation = build_aggregation(aggregation, bb.out_dim, netvlad_clusters=netvlad_clusters)
+        self.fc = nn.Linear(self.aggregation.out_dim, fc_output_dim) if fc_output_dim else None
+        self.out_dim = fc_output_dim or self.aggregation.out_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Local feature map B×C×H'×W' (after attention)."""
+        return self.attention(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        desc = self.aggregation(self.features(x))
+        if self.fc is not None:
+            desc = F.normalize(self.fc(desc), p=2, dim=1)
+        return desc
+
+    def attention_parameters(self) -> list[nn.Parameter]:
+        """Parameters of attention layers (CBAM, CRN), which may get their own learning rate."""
+        params = list(self.attention.parameters())
+        if hasattr(self.aggregation, "attention_parameters"):
+            params += list(self.aggregation.attention_parameters())
+        return params
+
+
+def arch_config(args: Any) -> dict:
+    """The architecture keys of an argparse namespace or a stored args dict."""
+    get = args.get if isinstance(args, Mapping) else lambda k, d: getattr(args, k, d)
+    return {k: get(k, d) for k, d in ARCH_DEFAULTS.items()}
+
+
+def build_model(args: Any, pretrained: bool = False) -> GeoLocalizationNet:
+    """Build the network described by args (namespace or dict with ARCH_DEFAULTS keys)."""
+    get = args.get if isinstance(args, Mapping) else lambda k, d=None: getattr(args, k, d)
+    return GeoLocalizationNet(**arch_config(args), pretrained=pretrained,
+                              train_all_layers=bool(get("train_all_layers", False)))
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load weights, stopping with a clear message if they belong to another architecture."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else "shape/key mismatch"
+        raise UserError(f"checkpoint {source} does not match the model architecture ({first[:160]}); "
+                        f"use the flags it was trained with") from None
+
+
+@torch.no_grad()
+def sample_local_descriptors(model: GeoLocalizationNet, loader, num: int, seed: int,
+                             device: str) -> np.ndarray:
+    """Sample `num` L2-normalized local descriptors (num×C) from backbone feature maps of loader's images."""
+    rng = np.random.default_rng(seed)
+    chunks, total = [], 0
+    model.eval()
+    for images, _ in loader:
+        fmap = model.features(images.to(device)).float()  # B×C×H×W
+        local = F.normalize(fmap.flatten(2).transpose(1, 2).reshape(-1, fmap.shape[1]), dim=1)  # (B·H·W)×C
+        chunks.append(local.cpu().numpy())
+        total += len(local)
+        if total >= num * 2:
+            break
+    descs = np.concatenate(chunks)
+    return descs[rng.choice(len(descs), size=min(num, len(descs)), replace=False)].astype(np.float32)
+
+
+def initialize_aggregation(model: GeoLocalizationNet, loader, device: str, seed: int,
+                           num_descriptors: int = 50000) -> None:
+    """Run data-dependent initialization (NetVLAD k-means) when the aggregation needs it."""
+    agg = model.aggregation
+    if not getattr(agg, "needs_init", False):
+        return
+    descs = sample_local_descriptors(model, loader, num_descriptors, seed, device)
+    logging.info(f"initializing {type(agg).__name__} from {len(descs)} local descriptors (k-means)")
+    agg.init_params(descs)

@@ -1,0 +1,173 @@
+"""Command-line arguments of train.py and eval.py, and their validation.
+
+Arguments are never modified after parsing; derived values are computed where they are used.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from commons import UserError
+
+ARCH_KEYS = ("backbone", "aggregation", "netvlad_clusters", "fc_output_dim", "attention")
+RESUME_SAFE_KEYS = ("epochs_num", "num_workers", "device", "infer_batch_size", "save_dir", "resume",
+                    "patience", "datasets_folder", "skip_corrupt", "log_level")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--datasets_folder", default=os.environ.get("DATASETS_FOLDER"),
+                   help="folder holding <dataset_name>/images/...; defaults to $DATASETS_FOLDER")
+    g.add_argument("--dataset_name", default="pitts30k", help="e.g. pitts30k, st_lucia, synthetic")
+    g.add_argument("--resize", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
+                   help="training (and default evaluation) image size")
+    g.add_argument("--test_resize", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="evaluation image size; defaults to --resize")
+    g.add_argument("--val_positive_dist_threshold", "--val_positives_dist_threshold", type=float,
+                   default=25.0, dest="val_positive_dist_threshold",
+                   help="metres: evaluation success radius and negatives exclusion radius")
+    g.add_argument("--recall_values", type=int, nargs="+", default=[1, 5, 10, 20])
+    g.add_argument("--skip_corrupt", action="store_true", help="drop unreadable images with a warning")
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision for forward passes (bf16 is the fast path on modern CPUs)")
+    g.add_argument("--num_workers", type=int, default=2)
+    g.add_argument("--infer_batch_size", type=int, default=16)
+    g.add_argument("--seed", type=int, default=0, help="-1 for a non-deterministic run")
+    g.add_argument("--save_dir", default="default", help="runs are written to logs/<save_dir>/<timestamp>/")
+    g.add_argument("--index", choices=["flat", "ivfpq", "hnsw"], default="flat", help="faiss index kind")
+    g.add_argument("--log_level", choices=["debug", "info", "warning"], default="info")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    from backbones import BACKBONES
+    from aggregations import AGGREGATIONS
+    from attention import ATTENTIONS
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18conv4")
+    g.add_argument("--aggregation", choices=sorted(AGGREGATIONS), default="gem")
+    g.add_argument("--netvlad_clusters", type=int, default=64)
+    g.add_argument("--fc_output_dim", type=int, default=None, help="optional linear projection + L2")
+    g.add_argument("--attention", choices=sorted(ATTENTIONS), default="none")
+    g.add_argument("--pretrain", choices=["imagenet", "none"], default="imagenet")
+    g.add_argument("--train_all_layers", action="store_true",
+                   help="train the whole backbone (by default, blocks before the last are frozen when pretrained)")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from losses import CRITERIA
+    from mining import MINERS
+    from optim import OPTIMIZERS, SCHEDULERS
+    g = p.add_argument_group("training")
+    g.add_argument("--train_batch_size", type=int, default=4, help="queries per batch")
+    g.add_argument("--negs_num_per_query", type=int, default=10)
+    g.add_argument("--neg_samples_num", type=int, default=1000, help="random database candidates per query")
+    g.add_argument("--cache_refresh_rate", type=int, default=1000, help="queries per cache refresh")
+    g.add_argument("--queries_per_epoch", type=int, default=5000)
+    g.add_argument("--epochs_num", type=int, default=1000)
+    g.add_argument("--patience", type=int, default=3, help="epochs without R@5 gain before stopping")
+    g.add_argument("--mining", choices=sorted(MINERS), default="full")
+    g.add_argument("--criterion", choices=sorted(CRITERIA), default="triplet")
+    g.add_argument("--margin", type=float, default=0.1)
+    g.add_argument("--train_positives_dist_threshold", type=float, default=10.0)
+    g.add_argument("--optim", choices=sorted(OPTIMIZERS), default="adam")
+    g.add_argument("--lr", type=float, default=1e-5)
+    g.add_argument("--attention_lr", type=float, default=None, help="lr of attention layers (CRN, CBAM)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="none")
+    g.add_argument("--step_size", type=int, default=5, help="epochs between lr drops (step scheduler)")
+    g.add_argument("--gamma", type=float, default=0.5, help="lr factor (step scheduler)")
+    g.add_argument("--warmup_epochs", type=float, default=0.0, help="linear lr warm-up length")
+    g.add_argument("--resume", default=None, help="last_model.pth of a run to continue")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """Parser of train.py."""
+    p = argparse.ArgumentParser(description="Train a visual geo-localization model",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _data_args(p)
+    _runtime_args(p)
+    _model_args(p)
+    _train_args(p)
+    from augmentations import add_augmentation_args
+    add_augmentation_args(p)
+    return p
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    """Parser of eval.py."""
+    p = argparse.ArgumentParser(description="Evaluate geo-localization checkpoints",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _data_args(p)
+    _runtime_args(p)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--resume", nargs="+", required=True, help="checkpoint(s); several make an ensemble")
+    g.add_argument("--split", default="test")
+    g.add_argument("--pretrain", choices=["imagenet", "none"], default="none",
+                   help="only used to build the architecture before the checkpoint's weights are loaded")
+    return p
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise UserError(msg)
+
+
+def validate_common(args: argparse.Namespace) -> None:
+    """Checks shared by training and evaluation."""
+    _check(all(v > 0 for v in args.resize), f"--resize must be positive, got {args.resize}")
+    _check(args.test_resize is None or all(v > 0 for v in args.test_resize),
+           f"--test_resize must be positive, got {args.test_resize}")
+    _check(args.val_positive_dist_threshold > 0, "--val_positive_dist_threshold must be > 0 metres")
+    _check(all(n > 0 for n in args.recall_values), "--recall_values must be positive integers")
+    _check(args.num_workers >= 0, "--num_workers must be >= 0")
+    _check(args.infer_batch_size > 0, "--infer_batch_size must be > 0")
+    _check(args.seed >= -1, "--seed must be >= 0, or -1 for a non-deterministic run")
+    _check(not (args.precision == "fp16" and resolve_device(args) == "cpu"),
+           "--precision fp16 needs CUDA; on CPU use --precision bf16 or fp32")
+
+
+def validate_train_args(args: argparse.Namespace) -> None:
+    """Raise UserError for out-of-range or mutually inconsistent training flags."""
+    validate_common(args)
+    for name in ("train_batch_size", "negs_num_per_query", "neg_samples_num", "cache_refresh_rate",
+                 "queries_per_epoch", "epochs_num", "patience", "netvlad_clusters"):
+        _check(getattr(args, name) > 0, f"--{name} must be > 0, got {getattr(args, name)}")
+    _check(args.lr > 0, f"--lr must be > 0, got {args.lr}")
+    _check(args.queries_per_epoch % args.cache_refresh_rate == 0,
+           f"--queries_per_epoch ({args.queries_per_epoch}) must be a multiple of --cache_refresh_rate "
+           f"({args.cache_refresh_rate})")
+    _check(args.neg_samples_num >= args.negs_num_per_query,
+           f"--negs_num_per_query ({args.negs_num_per_query}) cannot exceed --neg_samples_num "
+           f"({args.neg_samples_num}) candidates")
+    _check(args.train_positives_dist_threshold <= args.val_positive_dist_threshold,
+           "--train_positives_dist_threshold must not exceed --val_positive_dist_threshold")
+    _check(args.fc_output_dim is None or args.fc_output_dim > 0, "--fc_output_dim must be > 0")
+    _check(args.attention_lr is None or args.attention_lr > 0, "--attention_lr must be > 0")
+
+
+def resolve_device(args: argparse.Namespace) -> str:
+    """The device to use: --device, or cuda when available."""
+    import torch
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but no CUDA GPU is available; use --device cpu")
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate train.py arguments."""
+    args = train_parser().parse_args(argv)
+    validate_train_args(args)
+    return args
+
+
+def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate eval.py arguments."""
+    args = eval_parser().parse_args(argv)
+    validate_common(args)
+    return args

@@ -1,0 +1,337 @@
+"""Synthetic world generator: a procedural map rendered into a datasets_vg-style VG dataset.
+
+One RGB map (1 px = 1 m): multi-octave smooth noise plus random solid rectangles. Each split owns a
+vertical strip of it, strips separated by more than a view reaches, so splits share no map content.
+Database views are rotated crops at uniform random poses; queries re-view a database pose with jitter
+and an appearance change. Writes <out_dir>/<name>/world.json and
+<out_dir>/<name>/images/<split>/{database,queries}/@<easting>@<northing>@<split>@<kind>@<index>@<heading_deg>@.jpg
+with easting = 500000 + x, northing = 4400000 + y for the map position (x, y) in metres.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from commons import UserError, run_cli
+
+SPLITS = ("train", "val", "test")
+DEFAULT_SIZES = {"train": (2000, 1000), "val": (500, 250), "test": (800, 400)}
+FORMATS = ("jpg", "png")
+UTM_ORIGIN = (500000.0, 4400000.0)
+NOISE_SCALES = (128, 32, 8, 2)          # px per noise-grid cell, one octave each
+RECTS_PER_M2 = 1500 / 1024 ** 2         # 1500 rectangles on a 1024×1024 m map
+RECT_SIDE = (4, 30)                     # rectangle side range, metres
+# Query pose jitter (metres, radians) and appearance change; occluder side = fraction × image side.
+QUERY_CHANGE = {"pos_std_m": 6.0, "heading_std_rad": 0.3, "gain": (0.5, 1.5), "bias_std": 0.5, "blur_prob": 0.5,
+                "noise_std": 0.3, "max_occluders": 2, "occluder_fraction": 0.25}
+U8_CENTER, U8_SCALE = 128.0, 40.0       # uint8 = clip(128 + 40 · standardized value)
+JPEG_QUALITY = 95
+PIXELS_PER_CHUNK = 1 << 21              # views rendered per chunk = this / image_size²
+
+Region = tuple[float, float, float, float]  # x_min, x_max, y_min, y_max in map metres
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    """An independent torch generator for (seed, stream)."""
+    state = int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+    return torch.Generator().manual_seed(state)
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel zero mean, unit std of a C×H×W tensor (NumPy float64 stats: thread-count independent)."""
+    a = x.numpy().astype(np.float64)
+    mean, std = a.mean(axis=(1, 2), keepdims=True), a.std(axis=(1, 2), keepdims=True)
+    return torch.from_numpy(((a - mean) / std).astype(np.float32))
+
+
+def make_map(map_size: int, seed: int) -> torch.Tensor:
+    """Procedural RGB map, 3×M×M float32 (M = map_size, 1 px = 1 m), standardized per channel."""
+    g, m = _generator(seed, 0), map_size
+    world = torch.zeros(1, 3, m, m)
+    for s in NOISE_SCALES:
+        n = math.ceil(m / s) + 2
+        grid = torch.randn(1, 3, n, n, generator=g)                    # 1×3×n×n
+        up = F.interpolate(grid, scale_factor=s, mode="bicubic", align_corners=False)
+        world += up[..., s:s + m, s:s + m]
+    world = _standardize(world[0])                                      # 3×M×M
+    n_rects = round(RECTS_PER_M2 * m * m)
+    sides = torch.randint(RECT_SIDE[0], RECT_SIDE[1] + 1, (n_rects, 2), generator=g).clamp(max=m)
+    corners = torch.rand(n_rects, 2, generator=g)
+    colours = torch.randn(n_rects, 3, generator=g)
+    for (w, h), (u, v), c in zip(sides.tolist(), corners.tolist(), colours):
+        x0, y0 = int(u * (m - w + 1)), int(v * (m - h + 1))
+        world[:, y0:y0 + h, x0:x0 + w] = c[:, None, None]
+    return _standardize(world)
+
+
+def _ceil2(v: float) -> float:
+    return math.ceil(round(v * 100, 6)) / 100  # up to whole centimetres
+
+
+def _floor2(v: float) -> float:
+    return math.floor(round(v * 100, 6)) / 100
+
+
+def split_regions(map_size: int, view_width: float, db_counts: dict[str, int]) -> dict[str, Region]:
+    """Disjoint vertical strips of camera positions, one per split, in SPLITS order.
+
+    A view reaches view_width/√2 m from its centre, so strips keep that (+1 m for bilinear) from the
+    map border and are separated by a gap of twice that: views of different splits share no map pixel.
+    Each strip is at least view_width wide; the rest is shared in proportion to the database counts.
+    """
+    reach = view_width / math.sqrt(2) + 1.0
+    margin, gap = _ceil2(reach), _ceil2(2 * reach)
+    extra = map_size - 2 * margin - (len(SPLITS) - 1) * gap - len(SPLITS) * view_width
+    if extra < 0 or map_size - 2 * margin < view_width:
+        need = math.ceil(map_size - extra)
+        raise UserError(f"map_size {map_size} is too small for view_width {view_width:g}; "
+                        f"use map_size >= {need} or a smaller view_width")
+    total = sum(db_counts[s] for s in SPLITS)
+    regions, x = {}, margin
+    for s in SPLITS:
+        w = view_width + extra * db_counts[s] / total
+        regions[s] = (_ceil2(x), _floor2(x + w), margin, _floor2(map_size - margin))
+        x += w + gap
+    return regions
+
+
+def _round2(t: torch.Tensor) -> torch.Tensor:
+    return torch.round(t * 100) / 100
+
+
+def _clamp_to(xy: torch.Tensor, region: Region, reflect: bool = False) -> torch.Tensor:
+    """Bring N×2 positions into region: optionally mirror at its borders first, then clamp.
+
+    Mirroring keeps a jittered point no farther from its (inside) source and avoids piling up on the border.
+    """
+    x0, x1, y0, y1 = region
+    x, y = xy[:, 0], xy[:, 1]
+    if reflect:
+        x = torch.where(x < x0, 2 * x0 - x, torch.where(x > x1, 2 * x1 - x, x))
+        y = torch.where(y < y0, 2 * y0 - y, torch.where(y > y1, 2 * y1 - y, y))
+    return torch.stack([x.clamp(x0, x1), y.clamp(y0, y1)], dim=1)
+
+
+def sample_poses(region: Region, n_db: int, n_q: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Database poses uniform in region; each query jitters a database pose (positions rounded to 1 cm).
+
+    Returns float64 tensors: db_xy N×2, db_heading N, q_xy Q×2, q_heading Q, q_source Q (int64).
+    """
+    x0, x1, y0, y1 = region
+    u = torch.rand(n_db, 2, generator=g, dtype=torch.float64)
+    db_xy = _clamp_to(_round2(torch.stack([x0 + u[:, 0] * (x1 - x0), y0 + u[:, 1] * (y1 - y0)], 1)), region)
+    db_heading = torch.rand(n_db, generator=g, dtype=torch.float64) * 2 * math.pi
+    if n_q <= n_db:
+        src = torch.randperm(n_db, generator=g)[:n_q]
+    else:
+        src = torch.randint(0, n_db, (n_q,), generator=g)
+    jitter = torch.randn(n_q, 2, generator=g, dtype=torch.float64) * QUERY_CHANGE["pos_std_m"]
+    q_xy = _clamp_to(_round2(_clamp_to(db_xy[src] + jitter, region, reflect=True)), region)
+    q_heading = db_heading[src] + torch.randn(n_q, generator=g, dtype=torch.float64) * QUERY_CHANGE["heading_std_rad"]
+    return {"db_xy": db_xy, "db_heading": db_heading, "q_xy": q_xy,
+            "q_heading": torch.remainder(q_heading, 2 * math.pi), "q_source": src}
+
+
+def render_views(world: torch.Tensor, xy: torch.Tensor, heading: torch.Tensor,
+                 view_width: float, image_size: int) -> torch.Tensor:
+    """Rotated square crops of the map: world 3×H×W, xy N×2 metres, heading N radians -> N×3×S×S.
+
+    The crop is view_width metres wide, centred on xy; image axis u maps to map direction
+    (cos h, sin h) and v to (-sin h, cos h).
+    """
+    _, h, w = world.shape
+    n = xy.shape[0]
+    cos, sin = torch.cos(heading.double()), torch.sin(heading.double())
+    theta = torch.empty(n, 2, 3, dtype=torch.float64)                    # N×2×3, normalized coords
+    theta[:, 0, 0], theta[:, 0, 1] = cos * view_width / w, -sin * view_width / w
+    theta[:, 1, 0], theta[:, 1, 1] = sin * view_width / h, cos * view_width / h
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * xy[:, 0].double() / w - 1, 2 * xy[:, 1].double() / h - 1
+    grid = F.affine_grid(theta.float(), [n, 3, image_size, image_size], align_corners=False)  # N×S×S×2
+    src = world.unsqueeze(0).expand(n, -1, -1, -1)                      # N×3×H×W (no copy)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _blur3x3(x: torch.Tensor) -> torch.Tensor:
+    """[1 2 1]⊗[1 2 1]/16 blur of B×C×H×W with replicate padding (fixed summation order)."""
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    rows = (p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]) / 4
+    return (rows[..., :-2] + 2 * rows[..., 1:-1] + rows[..., 2:]) / 4
+
+
+def apply_appearance_change(views: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Query appearance change of standardized views B×C×S×S: gain/bias, blur, occluders, noise."""
+    b, c, s, _ = views.shape
+    qc, n_max = QUERY_CHANGE, QUERY_CHANGE["max_occluders"]
+    gain = qc["gain"][0] + (qc["gain"][1] - qc["gain"][0]) * torch.rand(b, c, 1, 1, generator=g)   # B×C×1×1
+    out = views * gain + torch.randn(b, c, 1, 1, generator=g) * qc["bias_std"]
+    blur = torch.rand(b, generator=g) < qc["blur_prob"]
+    out = torch.where(blur[:, None, None, None], _blur3x3(out), out)
+    occ = max(1, round(s * qc["occluder_fraction"]))
+    n_occ = torch.randint(0, n_max + 1, (b,), generator=g)
+    corners = torch.randint(0, s - occ + 1, (b, n_max, 2), generator=g)
+    colours = torch.randn(b, n_max, c, generator=g)
+    for i, k in enumerate(n_occ.tolist()):
+        for j in range(k):
+            y, x = corners[i, j].tolist()
+            out[i, :, y:y + occ, x:x + occ] = colours[i, j, :, None, None]
+    return out + torch.randn(out.shape, generator=g) * qc["noise_std"]
+
+
+def to_uint8(views: torch.Tensor) -> torch.Tensor:
+    """Standardized B×C×S×S float -> B×S×S×C uint8 with the fixed mapping clip(128 + 40·x)."""
+    return (views * U8_SCALE + U8_CENTER).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def view_filename(x: float, y: float, split: str, kind: str, index: int, heading: float, ext: str) -> str:
+    """datasets_vg name: @easting@northing@split@kind@index@heading_deg@.ext (UTM-like metres, 2 decimals)."""
+    east, north = UTM_ORIGIN[0] + x, UTM_ORIGIN[1] + y
+    return f"@{east:010.2f}@{north:010.2f}@{split}@{kind}@{index:05d}@{math.degrees(heading):06.2f}@.{ext}"
+
+
+def _save_views(world: torch.Tensor, folder: Path, xy: torch.Tensor, heading: torch.Tensor, names: list[str],
+                view_width: float, image_size: int, change: torch.Generator | None) -> None:
+    """Render, optionally change appearance (queries), and save the views in chunks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chunk = max(1, PIXELS_PER_CHUNK // image_size ** 2)
+    for start in range(0, len(names), chunk):
+        end = min(start + chunk, len(names))
+        views = render_views(world, xy[start:end], heading[start:end], view_width, image_size)  # B×3×S×S
+        if change is not None:
+            views = apply_appearance_change(views, change)
+        for img, name in zip(to_uint8(views).numpy(), names[start:end]):
+            kwargs = {"quality": JPEG_QUALITY, "subsampling": 0} if name.endswith(".jpg") else {}
+            Image.fromarray(img).save(folder / name, **kwargs)
+
+
+def _write_split(world: torch.Tensor, root: Path, split: str, region: Region, counts: tuple[int, int],
+                 view_width: float, image_size: int, ext: str, g: torch.Generator) -> None:
+    """Sample poses for one split and write its database and queries folders."""
+    p = sample_poses(region, counts[0], counts[1], g)
+    for kind, tag, xy, hd in (("database", "db", p["db_xy"], p["db_heading"]),
+                              ("queries", "q", p["q_xy"], p["q_heading"])):
+        names = [view_filename(x, y, split, tag, i, h, ext)
+                 for i, ((x, y), h) in enumerate(zip(xy.tolist(), hd.tolist()))]
+        _save_views(world, root / "images" / split / kind, xy, hd, names, view_width, image_size,
+                    g if kind == "queries" else None)
+
+
+def _validate(seed: int, name: str, image_size: int, sizes: dict, map_size: int,
+              view_width: float, image_format: str) -> dict[str, tuple[int, int]]:
+    """Check the arguments of generate_world; return sizes as {split: (n_db, n_q)}."""
+    def is_int(v: object) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    if not is_int(seed) or seed < 0:
+        raise UserError(f"seed must be a non-negative integer, got {seed!r}; pass e.g. --seed 0")
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise UserError(f"name {name!r} is not a plain folder name; pass e.g. --name synthetic")
+    if not is_int(image_size) or not 8 <= image_size <= 1024:
+        raise UserError(f"image_size must be an integer in [8, 1024], got {image_size!r}; e.g. --image_size 64")
+    if not is_int(map_size) or map_size <= 0:
+        raise UserError(f"map_size must be a positive integer (metres), got {map_size!r}")
+    if not isinstance(view_width, (int, float)) or not 0 < view_width < map_size:
+        raise UserError(f"view_width must be in (0, map_size={map_size}) metres, got {view_width!r}")
+    if image_format not in FORMATS:
+        raise UserError(f"format must be one of {', '.join(FORMATS)}, got {image_format!r}")
+    if set(sizes) != set(SPLITS):
+        raise UserError(f"sizes must have exactly the splits {', '.join(SPLITS)}, got {', '.join(sizes)}")
+    out = {}
+    for split in SPLITS:
+        pair = tuple(sizes[split])
+        if len(pair) != 2 or not all(is_int(v) and v > 0 for v in pair):
+            raise UserError(f"{split} sizes must be two positive integers (database, queries), got {pair!r}; "
+                            f"pass e.g. --{split}_db 200 --{split}_q 100")
+        out[split] = (int(pair[0]), int(pair[1]))
+    return out
+
+
+def _prepare_target(target: Path, overwrite: bool) -> None:
+    """Refuse to clobber an existing dataset unless overwrite; never remove a folder we did not write."""
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return
+    if not overwrite:
+        raise UserError(f"{target} already exists; pass --overwrite or choose another --out/--name")
+    if not (target / "world.json").is_file():
+        raise UserError(f"{target} exists and is not a synthetic world (no world.json); "
+                        f"remove it yourself or choose another --out/--name")
+
+
+def generate_world(out_dir: str | Path, seed: int = 0, name: str = "synthetic", image_size: int = 64,
+                   sizes: dict[str, tuple[int, int]] | None = None, map_size: int = 1024,
+                   view_width: float = 64.0, image_format: str = "jpg", overwrite: bool = False) -> Path:
+    """Generate a synthetic VG dataset at <out_dir>/<name> and return that path.
+
+    sizes maps each split to (database, queries) counts (default DEFAULT_SIZES). Same arguments give
+    byte-identical files. Written to a temporary folder first, then renamed into place.
+    """
+    sizes = _validate(seed, name, image_size, DEFAULT_SIZES if sizes is None else sizes,
+                      map_size, view_width, image_format)
+    out_dir, target = Path(out_dir), Path(out_dir) / name
+    _prepare_target(target, overwrite)
+    regions = split_regions(map_size, float(view_width), {s: n[0] for s, n in sizes.items()})
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
+    except OSError as e:
+        raise UserError(f"cannot write into {out_dir} ({e.strerror}); choose another --out") from e
+    try:
+        world = make_map(map_size, seed)
+        for i, split in enumerate(SPLITS):
+            _write_split(world, tmp, split, regions[split], sizes[split], float(view_width), image_size,
+                         image_format, _generator(seed, i + 1))
+        info = {"seed": seed, "name": name, "image_size": image_size, "map_size": map_size,
+                "view_width": float(view_width), "format": image_format, "utm_origin": list(UTM_ORIGIN),
+                "sizes": {s: {"database": n[0], "queries": n[1]} for s, n in sizes.items()},
+                "regions": {s: dict(zip(("x_min", "x_max", "y_min", "y_max"), r)) for s, r in regions.items()},
+                "query_change": QUERY_CHANGE}
+        (tmp / "world.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one-line UserErrors instead of usage dumps."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message}; see python -m tools.synthetic_world --help")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """CLI: generate a synthetic world and print its path and counts."""
+    p = _Parser(prog="python -m tools.synthetic_world", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="output folder; the dataset goes to OUT/NAME")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="synthetic")
+    p.add_argument("--image_size", type=int, default=64, help="views are IMAGE_SIZE×IMAGE_SIZE px")
+    p.add_argument("--map_size", type=int, default=1024, help="map side in metres (1 px = 1 m)")
+    p.add_argument("--view_width", type=float, default=64.0, help="view side in metres")
+    for split in SPLITS:
+        p.add_argument(f"--{split}_db", type=int, default=DEFAULT_SIZES[split][0])
+        p.add_argument(f"--{split}_q", type=int, default=DEFAULT_SIZES[split][1])
+    p.add_argument("--format", choices=FORMATS, default="jpg")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing world at OUT/NAME")
+    a = p.parse_args(argv)
+    sizes = {s: (getattr(a, f"{s}_db"), getattr(a, f"{s}_q")) for s in SPLITS}
+    path = generate_world(a.out, a.seed, a.name, a.image_size, sizes, a.map_size, a.view_width,
+                          a.format, a.overwrite)
+    print(path)
+    for s in SPLITS:
+        print(f"{s}: {sizes[s][0]} database, {sizes[s][1]} queries")
+    return path
+
+
+if __name__ == "__main__":
+    run_cli(main)

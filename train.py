@@ -1,0 +1,209 @@
+"""Train a geo-localization network with triplet-style losses and cached hard-negative mining.
+
+Example: python train.py --datasets_folder data --dataset_name pitts30k --aggregation netvlad
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from augmentations import build_augmentation
+from commons import (UserError, autocast, get_rng_state, make_deterministic, prepare_model, run_cli,
+                     set_rng_state, setup_logging, to_input, tune_allocator)
+from datasets_ws import BaseDataset, TripletsDataset
+from evaluation import EvalResult, format_recalls, test
+from losses import build_criterion
+from mining import MINERS, MiningContext
+from network import build_model, initialize_aggregation, load_model_state
+from optim import build_optimizer, lr_factor, set_lr
+from parser import parse_train_args, resolve_device
+from util import check_resume_compatible, load_checkpoint, log_args, new_run_folder, save_checkpoint, write_json
+
+STOP_METRIC = 5  # early stopping and model selection use recall@5
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint so a run resumes exactly."""
+    epoch: int = 0  # current epoch
+    refresh: int = 0  # cache refreshes already done in the current epoch
+    best_recall: float = -1.0  # best validation R@5
+    not_improved: int = 0  # epochs without R@5 gain
+    train_time_s: float = 0.0
+    losses: list = field(default_factory=list)  # mean loss of every refresh
+    val_history: list = field(default_factory=list)  # validation recalls of every epoch
+
+
+def param_groups(model: torch.nn.Module, args) -> list[dict]:
+    """Trainable parameters; attention layers get --attention_lr when given."""
+    att = {id(p) for p in model.attention_parameters()} if args.attention_lr else set()
+    base = [p for p in model.parameters() if p.requires_grad and id(p) not in att]
+    groups = [{"params": base, "lr": args.lr}]
+    if att:
+        groups.append({"params": [p for p in model.attention_parameters() if p.requires_grad],
+                       "lr": args.attention_lr})
+    return groups
+
+
+def train_on_triplets(model, ds: TripletsDataset, triplets: np.ndarray, optimizer, criterion, args,
+                      device: str, where: str) -> float:
+    """One pass over the mined triplets; returns the mean loss. Stops on a non-finite loss."""
+    ds.set_triplets(triplets)
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+    loader = DataLoader(ds, batch_size=args.train_batch_size, shuffle=True, generator=gen,
+                        num_workers=args.num_workers, pin_memory=device == "cuda", drop_last=False)
+    model.train()
+    losses = []
+    for it, (images, _) in enumerate(tqdm(loader, desc=f"training {where}", ncols=100, leave=False)):
+        b, n = images.shape[:2]  # B×(2+K)×3×H×W
+        with autocast(device, args.precision):
+            feats = model(to_input(images.flatten(0, 1), device, args.precision))  # (B·(2+K))×D
+        feats = feats.float().view(b, n, -1)
+        loss = criterion(feats[:, 0], feats[:, 1], feats[:, 2:])
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at {where}, iteration {it}; the last good checkpoint "
+                            f"is kept; lower --lr or use --precision fp32, then --resume")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+def make_checkpoint(model, optimizer, state: TrainState, neg_cache: np.ndarray, args) -> dict:
+    """Everything needed to continue the run as if it had not stopped."""
+    return {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+            "train_state": asdict(state), "neg_cache": torch.from_numpy(neg_cache),
+            "rng_state": get_rng_state(), "args": vars(args)}
+
+
+def validate(model, val_ds, args, device: str) -> EvalResult:
+    """Recalls on the validation split (always including R@5)."""
+    values = sorted(set(args.recall_values) | {STOP_METRIC})
+    return test(model, val_ds, values, args.infer_batch_size, args.num_workers, device, args.precision, args.index)
+
+
+def run_epoch(model, ds, optimizer, criterion, ctx: MiningContext, state: TrainState, folder: Path, args,
+              device: str, base_lrs: list[float]) -> None:
+    """Train the remaining cache refreshes of state.epoch, checkpointing after each."""
+    refreshes = args.queries_per_epoch // args.cache_refresh_rate
+    queries_num = len(ds.queries_paths)
+    while state.refresh < refreshes:
+        where = f"epoch {state.epoch:02d} refresh {state.refresh + 1}/{refreshes}"
+        set_lr(optimizer, base_lrs, lr_factor(state.epoch + state.refresh / refreshes, args.epochs_num, args))
+        start = time.time()
+        query_ids = np.random.choice(queries_num, min(args.cache_refresh_rate, queries_num), replace=False)
+        triplets = MINERS[args.mining](ctx, query_ids)
+        loss = train_on_triplets(model, ds, triplets, optimizer, criterion, args, device, where)
+        state.refresh += 1
+        state.train_time_s += time.time() - start
+        state.losses.append(loss)
+        logging.debug(f"{where}: loss {loss:.4f} ({time.time() - start:.1f} s)")
+        save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best=False)
+
+
+def end_epoch(model, optimizer, val_ds, ctx, state: TrainState, folder: Path, args, device: str) -> bool:
+    """Validate, update best model and patience, checkpoint. Returns True when training should stop."""
+    result = validate(model, val_ds, args, device)
+    recall = result.recalls[STOP_METRIC]
+    is_best = recall > state.best_recall
+    state.not_improved = 0 if is_best else state.not_improved + 1
+    state.best_recall = max(recall, state.best_recall)
+    state.val_history.append({str(k): v for k, v in result.recalls.items()})
+    losses = state.losses[-(args.queries_per_epoch // args.cache_refresh_rate):]
+    logging.info(f"epoch {state.epoch:02d}: loss {np.mean(losses):.4f}, val {format_recalls(result.recalls)}"
+                 f"{' (best)' if is_best else ''}")
+    state.epoch, state.refresh = state.epoch + 1, 0
+    save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best)
+    if state.not_improved >= args.patience:
+        logging.info(f"no R@{STOP_METRIC} gain for {args.patience} epochs: stopping")
+        return True
+    return False
+
+
+def init_aggregation(model, ds: TripletsDataset, args, device: str) -> None:
+    """Data-dependent initialization (NetVLAD k-means) from random training database images."""
+    ids = np.random.permutation(ds.database_num)[:1000]
+    loader = DataLoader(Subset(ds.as_images(), ids.tolist()), batch_size=args.infer_batch_size,
+                        num_workers=args.num_workers)
+    with autocast(device, args.precision):
+        initialize_aggregation(model, loader, device, seed=max(args.seed, 0))
+
+
+def setup(args, device: str):
+    """Datasets, model, optimizer, state and negative cache; restored from --resume when given."""
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt:
+        check_resume_compatible(ckpt["args"], vars(args))
+    ds = TripletsDataset(args.datasets_folder, args.dataset_name, "train", tuple(args.resize),
+                         args.val_positive_dist_threshold, args.train_positives_dist_threshold,
+                         augmentation=build_augmentation(args))
+    val_ds = BaseDataset(args.datasets_folder, args.dataset_name, "val", tuple(args.test_resize or args.resize),
+                         args.val_positive_dist_threshold)
+    logging.info(f"train: {ds}; val: {val_ds}")
+    model = prepare_model(build_model(args, pretrained=args.pretrain == "imagenet" and ckpt is None),
+                          device, args.precision)
+    optimizer = build_optimizer(param_groups(model, args), args)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    state = TrainState()
+    neg_cache = np.full((len(ds.queries_paths), args.negs_num_per_query), -1, dtype=np.int64)
+    if ckpt:
+        load_model_state(model, ckpt["model_state_dict"], args.resume)
+        optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        state = TrainState(**ckpt["train_state"])
+        neg_cache = ckpt["neg_cache"].numpy().copy()
+        set_rng_state(ckpt["rng_state"])
+        logging.info(f"resumed from {args.resume} at epoch {state.epoch}, refresh {state.refresh}")
+    else:
+        init_aggregation(model, ds, args, device)
+    ctx = MiningContext(model, ds, args, device, neg_cache)
+    return ds, val_ds, model, optimizer, base_lrs, state, ctx
+
+
+def final_test(args, folder: Path, device: str, state: TrainState) -> dict:
+    """Test the best model on the test split and write results.json."""
+    best = load_checkpoint(folder / "best_model.pth")
+    model = prepare_model(build_model(best["args"]), device, args.precision)
+    load_model_state(model, best["model_state_dict"], str(folder / "best_model.pth"))
+    test_ds = BaseDataset(args.datasets_folder, args.dataset_name, "test", tuple(args.test_resize or args.resize),
+                          args.val_positive_dist_threshold)
+    result = test(model, test_ds, args.recall_values, args.infer_batch_size, args.num_workers, device,
+                  args.precision, args.index)
+    logging.info(f"test of best model on {test_ds}: {format_recalls(result.recalls)}")
+    results = {"kind": "train", "args": vars(args), "train_time_s": state.train_time_s,
+               "epochs": state.epoch, "best_val_recall@5": state.best_recall, "losses": state.losses,
+               "val_history": state.val_history,
+               "test": {**result.info, "recalls": {str(k): v for k, v in result.recalls.items()},
+                        "checkpoint": str(folder / "best_model.pth")}}
+    write_json(folder / "results.json", results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train, validate every epoch, stop early on R@5, then test the best model."""
+    args = parse_train_args(argv)
+    tune_allocator()
+    folder = Path(args.resume).parent if args.resume else new_run_folder(args.save_dir)
+    setup_logging(folder, args.log_level)
+    log_args(args, folder)
+    make_deterministic(args.seed)
+    device = resolve_device(args)
+    ds, val_ds, model, optimizer, base_lrs, state, ctx = setup(args, device)
+    criterion = build_criterion(args.criterion, args.margin)
+    stop = state.not_improved >= args.patience
+    while not stop and state.epoch < args.epochs_num:
+        run_epoch(model, ds, optimizer, criterion, ctx, state, folder, args, device, base_lrs)
+        stop = end_epoch(model, optimizer, val_ds, ctx, state, folder, args, device)
+    logging.info(f"trained {state.epoch} epochs in {state.train_time_s:.0f} s; best val R@5 {state.best_recall:.1f}")
+    return final_test(args, folder, device, state)
+
+
+if __name__ == "__main__":
+    run_cli(main)
