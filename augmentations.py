@@ -1,46 +1,61 @@
 """Training-time data augmentation from flags, built from torchvision transforms v2.
 
-Transforms act on uint8 3×H×W tensors before normalization and keep the image size.
+Transforms act on uint8 3×H×W tensors (after the resize, before normalization) and keep the image size.
+Only training triplets are augmented (queries only, or queries, positives and negatives with
+--augment_targets all); mining features, validation and test images never are.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+from typing import Callable
 
 import torch
 import torchvision.transforms.v2 as T
 
-# Each knob: flag name → (help, value meaning "off"). Presets set some knobs; explicit flags override.
-KNOBS = {
-    "brightness": "colour jitter brightness factor range [1-x, 1+x]",
-    "contrast": "colour jitter contrast factor range [1-x, 1+x]",
-    "saturation": "colour jitter saturation factor range [1-x, 1+x]",
-    "hue": "colour jitter hue shift range [-x, x] (<= 0.5)",
-    "random_resized_crop": "minimum area scale of a random resized crop (0 = off)",
-    "random_perspective": "perspective distortion scale (0 = off)",
-    "random_rotation": "maximum rotation in degrees (0 = off)",
-    "gaussian_blur": "maximum Gaussian blur sigma (0 = off)",
-    "random_erasing": "probability of erasing a random rectangle (0 = off)",
-    "grayscale": "probability of converting to grayscale (0 = off)",
-    "horizontal_flip": "probability of a horizontal flip (0 = off)",
+from commons import UserError
+
+# knob → (help, lowest allowed value, highest allowed value); 0 always means "off".
+KNOBS: dict[str, tuple[str, float, float]] = {
+    "brightness": ("colour jitter: brightness factor drawn from [1-x, 1+x]", 0, float("inf")),
+    "contrast": ("colour jitter: contrast factor drawn from [1-x, 1+x]", 0, float("inf")),
+    "saturation": ("colour jitter: saturation factor drawn from [1-x, 1+x]", 0, float("inf")),
+    "hue": ("colour jitter: hue shift drawn from [-x, x]", 0, 0.5),
+    "random_resized_crop": ("random resized crop: minimum area fraction of the crop, resized back", 0, 1),
+    "random_perspective": ("random perspective: distortion scale, always applied", 0, 1),
+    "random_rotation": ("random rotation: maximum angle in degrees", 0, 180),
+    "gaussian_blur": ("Gaussian blur: maximum sigma in pixels (drawn from [0.1, x])", 0, float("inf")),
+    "random_erasing": ("random erasing: probability of zeroing a random rectangle", 0, 1),
+    "grayscale": ("random grayscale: probability", 0, 1),
+    "horizontal_flip": ("random horizontal flip: probability", 0, 1),
 }
-PRESETS = {
+PRESETS: dict[str, dict[str, float]] = {
     "none": {},
     "light": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.05, "random_resized_crop": 0.8},
     "strong": {"brightness": 0.6, "contrast": 0.6, "saturation": 0.6, "hue": 0.15, "random_resized_crop": 0.5,
                "random_perspective": 0.2, "random_rotation": 10, "gaussian_blur": 1.5, "random_erasing": 0.3,
                "grayscale": 0.1},
 }
+JITTER_KNOBS = ("brightness", "contrast", "saturation", "hue")
 
 
 def add_augmentation_args(p: argparse.ArgumentParser) -> None:
     """Add the augmentation flags to a parser."""
-    g = p.add_argument_group("augmentation")
-    g.add_argument("--augmentation_preset", choices=sorted(PRESETS), default="none")
+    g = p.add_argument_group("augmentation (training only; explicit knobs override the preset, 0 turns off)")
+    g.add_argument("--augmentation_preset", choices=sorted(PRESETS), default="none",
+                   help="; ".join(f"{k}: {v or 'no augmentation'}" for k, v in PRESETS.items()))
     g.add_argument("--augment_targets", choices=["queries", "all"], default="queries",
                    help="augment only the training queries, or queries, positives and negatives")
-    for name, text in KNOBS.items():
-        g.add_argument(f"--{name}", type=float, default=None, help=f"{text}; overrides the preset")
+    for name, (text, _, _) in KNOBS.items():
+        g.add_argument(f"--{name}", type=float, default=None, help=text)
+
+
+def validate_augmentation_args(args: argparse.Namespace) -> None:
+    """Raise UserError for a knob outside its range."""
+    for name, (_, lo, hi) in KNOBS.items():
+        v = getattr(args, name, None)
+        if v is not None and not lo <= v <= hi:
+            raise UserError(f"--{name} must be in [{lo}, {hi}], got {v}")
 
 
 def augmentation_settings(args: argparse.Namespace) -> dict[str, float]:
@@ -50,28 +65,31 @@ def augmentation_settings(args: argparse.Namespace) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v}
 
 
-def _transforms(s: dict[str, float], size: tuple[int, int]) -> list[T.Transform]:
-    ts: list[T.Transform] = []
-    if "random_resized_crop" in s:
-        ts.append(T.RandomResizedCrop(list(size), scale=(s["random_resized_crop"], 1.0), antialias=True))
-    if "random_perspective" in s:
-        ts.append(T.RandomPerspective(distortion_scale=s["random_perspective"], p=1.0))
-    if "random_rotation" in s:
-        ts.append(T.RandomRotation(s["random_rotation"]))
-    if "horizontal_flip" in s:
-        ts.append(T.RandomHorizontalFlip(s["horizontal_flip"]))
-    jitter = {k: s[k] for k in ("brightness", "contrast", "saturation", "hue") if k in s}
-    if jitter:
-        ts.append(T.ColorJitter(**jitter))
-    if "grayscale" in s:
-        ts.append(T.RandomGrayscale(s["grayscale"]))
-    if "gaussian_blur" in s:
-        sigma = s["gaussian_blur"]
-        k = 2 * int(3 * sigma) + 1
-        ts.append(T.GaussianBlur(kernel_size=max(3, k), sigma=(0.1, sigma)))
-    if "random_erasing" in s:
-        ts.append(T.RandomErasing(p=s["random_erasing"], value=0))
-    return ts
+def _blur(sigma: float, size: tuple[int, int]) -> T.Transform:
+    """Gaussian blur with sigma drawn from [0.1, sigma]; kernel ±3 sigma, clipped to what fits the image."""
+    half = min(max(1, int(3 * sigma)), min(size) - 1)
+    return T.GaussianBlur(kernel_size=2 * half + 1, sigma=(min(0.1, sigma), sigma))
+
+
+# (knobs, builder(settings, (H, W))) in application order: geometry, colour, then erasing.
+# A transform runs when any of its knobs is on; the colour jitter knobs share one ColorJitter.
+STAGES: list[tuple[tuple[str, ...], Callable[[dict, tuple[int, int]], T.Transform]]] = [
+    (("random_resized_crop",),
+     lambda s, size: T.RandomResizedCrop(list(size), scale=(s["random_resized_crop"], 1.0), antialias=True)),
+    (("random_perspective",), lambda s, size: T.RandomPerspective(distortion_scale=s["random_perspective"], p=1.0)),
+    (("random_rotation",),
+     lambda s, size: T.RandomRotation(s["random_rotation"], interpolation=T.InterpolationMode.BILINEAR)),
+    (("horizontal_flip",), lambda s, size: T.RandomHorizontalFlip(s["horizontal_flip"])),
+    (JITTER_KNOBS, lambda s, size: T.ColorJitter(**{k: s[k] for k in JITTER_KNOBS if k in s})),
+    (("grayscale",), lambda s, size: T.RandomGrayscale(s["grayscale"])),
+    (("gaussian_blur",), lambda s, size: _blur(s["gaussian_blur"], size)),
+    (("random_erasing",), lambda s, size: T.RandomErasing(p=s["random_erasing"], value=0)),
+]
+
+
+def build_transforms(settings: dict[str, float], size: tuple[int, int]) -> list[T.Transform]:
+    """The transforms for the effective (non-zero) knob values, in application order."""
+    return [build(settings, size) for knobs, build in STAGES if any(k in settings for k in knobs)]
 
 
 class Augmentation:
@@ -79,23 +97,30 @@ class Augmentation:
 
     def __init__(self, settings: dict[str, float], targets: str, size: tuple[int, int]):
         self.targets = targets
-        self.transform = T.Compose(_transforms(settings, size))
+        self.transforms = build_transforms(settings, size)
+        self.transform = T.Compose(self.transforms)
 
     def __call__(self, img: torch.Tensor, is_query: bool) -> torch.Tensor:
         if self.targets == "queries" and not is_query:
             return img
         return self.transform(img)
 
+    def describe(self) -> str:
+        """One line naming every transform that runs, with its parameters, in order."""
+        who = "queries only" if self.targets == "queries" else "queries, positives and negatives"
+        return f"augmentation of {who}: " + " -> ".join(repr(t) for t in self.transforms)
+
     def __repr__(self) -> str:
-        return f"Augmentation(targets={self.targets}, {self.transform})"
+        return f"Augmentation(targets={self.targets}, transforms={self.transforms})"
 
 
 def build_augmentation(args: argparse.Namespace) -> Augmentation | None:
     """The augmentation of the training images, or None when no knob is on. Logs what runs."""
     settings = augmentation_settings(args)
     if not settings:
-        logging.info("augmentation: none")
+        logging.info("augmentation: none (training images are only resized and normalized)")
         return None
     aug = Augmentation(settings, args.augment_targets, tuple(args.resize))
-    logging.info(f"augmentation on {args.augment_targets}: {aug.transform}")
+    logging.info(f"{aug.describe()} (preset {args.augmentation_preset}; validation, test and mining images "
+                 f"are not augmented)")
     return aug

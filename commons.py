@@ -113,18 +113,34 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     A crash at any moment leaves either the old or the new file, never a partial one.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
+        _fsync_dir(path.parent)  # make the rename itself durable (power loss)
+    except (OSError, RuntimeError) as e:  # RuntimeError: torch's zip writer failing mid-write
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
-        raise UserError(f"could not write {path} ({e.strerror}); free disk space or choose another --save_dir, "
-                        f"the previous checkpoint is intact") from e
+        raise UserError(f"could not write {path} ({getattr(e, 'strerror', None) or e}); free disk space or "
+                        f"choose another --save_dir; the previous {path.name}, if any, is intact") from e
+
+
+def _fsync_dir(folder: Path) -> None:
+    """fsync a directory so that a rename inside it survives a power loss (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def autocast(device: str, precision: str):

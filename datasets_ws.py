@@ -6,7 +6,11 @@ File names carry UTM coordinates: fields 1 and 2 of the name split on '@' are ea
 from __future__ import annotations
 
 import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,10 +30,13 @@ def parse_utm(path: str | Path) -> tuple[float, float]:
     """Return (easting, northing) parsed from fields 1 and 2 of the file name split on '@'."""
     fields = Path(path).name.split("@")
     try:
-        return float(fields[1]), float(fields[2])
+        utm = float(fields[1]), float(fields[2])
     except (IndexError, ValueError):
+        utm = (float("nan"), float("nan"))
+    if not all(math.isfinite(v) for v in utm):
         raise UserError(f"file name without UTM coordinates: {path}; names must look like "
-                        f"'@<easting>@<northing>@...@.jpg' (datasets_vg format)") from None
+                        f"'@<easting>@<northing>@...@.jpg' (datasets_vg format), rename or remove it")
+    return utm
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -53,7 +60,7 @@ def split_folder(datasets_folder: str | None, dataset_name: str, split: str) -> 
     if not folder.is_dir():
         have = sorted(p.name for p in (ds / "images").iterdir() if p.is_dir())
         raise UserError(f"split '{split}' missing: {folder} does not exist (dataset has: {', '.join(have)}); "
-                        f"choose an existing split")
+                        f"add it in the datasets_vg layout, or choose an existing split")
     return folder
 
 
@@ -62,12 +69,85 @@ def find_subfolder(folder: Path, names: tuple[str, ...], what: str) -> Path:
     for name in names:
         if (folder / name).is_dir():
             return folder / name
-    raise UserError(f"{folder} has no {what} folder (expected one of: {', '.join(names)})")
+    raise UserError(f"{folder} has no {what} folder (expected one of: {', '.join(names)}); "
+                    f"arrange the split in the datasets_vg layout")
 
 
 def utms_of(paths: list[Path]) -> np.ndarray:
-    """N×2 float64 array of UTM (easting, northing) for the given files."""
-    return np.array([parse_utm(p) for p in paths], dtype=np.float64).reshape(-1, 2)
+    """N×2 float64 array of UTM (easting, northing) for the given files; UserError counting all bad names."""
+    utms, errors = [], []
+    for p in paths:
+        try:
+            utms.append(parse_utm(p))
+        except UserError as e:
+            errors.append(e)
+    if errors:
+        raise errors[0] if len(errors) == 1 else UserError(f"{len(errors)} of {len(paths)} files have no UTM "
+                                                           f"coordinates in their names; the first: {errors[0]}")
+    return np.array(utms, dtype=np.float64).reshape(-1, 2)
+
+
+IMAGE_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}  # last bytes of a complete file
+MAX_LISTED = 20  # unreadable files named in the error message (all of them are logged)
+
+
+def image_problem(path: Path) -> str | None:
+    """Why `path` is not a readable image, or None.
+
+    Cheap: parses the header and reads the format's end marker (one small read at each end of the file); only
+    files lacking the marker (truncated ones, or with trailing bytes) are decoded in full to decide.
+    """
+    try:
+        with Image.open(path) as img:
+            marker = IMAGE_END_MARKERS.get(img.format)
+            if marker is not None:
+                with open(path, "rb") as f:
+                    f.seek(-len(marker), os.SEEK_END)
+                    if f.read() == marker:
+                        return None
+            img.load()
+    except Exception as e:  # UnidentifiedImageError, OSError (truncated), SyntaxError, DecompressionBombError...
+        return f"{type(e).__name__}: {str(e)[:100]}"
+    return None
+
+
+def drop_unreadable(groups: list[list[Path]], folder: Path, skip_corrupt: bool) -> list[list[Path]]:
+    """Check every image once; UserError naming the unreadable ones, or (skip_corrupt) drop them with a warning."""
+    paths = [p for g in groups for p in g]
+    with ThreadPoolExecutor(8) as pool:  # file-system latency bound (network drives)
+        problems = dict(zip(paths, pool.map(image_problem, paths)))
+    bad = [p for p in paths if problems[p] is not None]
+    if not bad:
+        return groups
+    for p in bad:
+        logging.error(f"unreadable image {p} ({problems[p]})")
+    if skip_corrupt:
+        logging.warning(f"--skip_corrupt: skipping {len(bad)} unreadable images of {folder} (listed above)")
+        return [[p for p in g if problems[p] is None] for g in groups]
+    raise UnreadableImagesError(bad)
+
+
+class UnreadableImagesError(UserError):
+    """Corrupt or unreadable image files; `paths` holds all of them, the message names up to MAX_LISTED."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = list(paths)
+        more = f" and {len(paths) - MAX_LISTED} more (all in the log)" if len(paths) > MAX_LISTED else ""
+        super().__init__(f"{len(paths)} corrupt or unreadable images: {', '.join(map(str, paths[:MAX_LISTED]))}"
+                         f"{more}; replace or delete them, or pass --skip_corrupt to skip them")
+
+
+def build_all(*factories: Callable[[], "BaseDataset"]) -> list["BaseDataset"]:
+    """Call each dataset factory; the unreadable images of all of them are reported in one error."""
+    built, bad = [], []
+    for make in factories:
+        try:
+            built.append(make())
+        except UnreadableImagesError as e:
+            bad += e.paths
+    if bad:
+        raise UnreadableImagesError(bad)
+    return built
 
 
 def radius_neighbors(db_utms: np.ndarray, q_utms: np.ndarray, radius: float) -> list[np.ndarray]:
@@ -85,10 +165,20 @@ def build_resize(resize: tuple[int, int]) -> T.Compose:
 NORMALIZE = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def open_image(path: Path) -> Image.Image:
-    """Open an RGB image, with a clear error for corrupt files."""
+DRAFT_MARGIN = 2  # JPEG draft decoding keeps at least this × the target size, so the final resize still antialiases
+
+
+def open_image(path: Path, target: tuple[int, int] | None = None) -> Image.Image:
+    """Open an RGB image, with a clear error for corrupt files.
+
+    target (H, W): the size the image will be resized to. A JPEG much larger than that is decoded at a reduced
+    DCT scale (PIL draft mode: 1/2, 1/4 or 1/8) that stays >= DRAFT_MARGIN × target, which is faster and
+    within ~1 grey level (mean) of a full decode after the resize.
+    """
     try:
         with Image.open(path) as img:
+            if target is not None:
+                img.draft("RGB", (DRAFT_MARGIN * target[1], DRAFT_MARGIN * target[0]))
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"corrupt or unreadable image {path} ({e}); replace or delete it, "
@@ -103,12 +193,14 @@ class BaseDataset(data.Dataset):
     """
 
     def __init__(self, datasets_folder: str | None, dataset_name: str, split: str,
-                 resize: tuple[int, int] = (480, 640), val_positive_dist_threshold: float = 25.0):
+                 resize: tuple[int, int] = (480, 640), val_positive_dist_threshold: float = 25.0,
+                 skip_corrupt: bool = False):
         super().__init__()
         self.dataset_name, self.split = dataset_name, split
         folder = split_folder(datasets_folder, dataset_name, split)
-        self.database_paths = list_images(find_subfolder(folder, DATABASE_FOLDER_NAMES, "database"))
-        self.queries_paths = list_images(find_subfolder(folder, ("queries",), "queries"))
+        self.database_paths, self.queries_paths = drop_unreadable(
+            [list_images(find_subfolder(folder, DATABASE_FOLDER_NAMES, "database")),
+             list_images(find_subfolder(folder, ("queries",), "queries"))], folder, skip_corrupt)
         for what, paths in (("database", self.database_paths), ("queries", self.queries_paths)):
             if not paths:
                 raise UserError(f"no images in the {what} of {folder}; add .jpg/.png files or choose another split")
@@ -118,7 +210,8 @@ class BaseDataset(data.Dataset):
         self.soft_positives_per_query = radius_neighbors(self.database_utms, self.queries_utms,
                                                          val_positive_dist_threshold)
         self.images_paths = self.database_paths + self.queries_paths
-        self.resize_transform = build_resize(tuple(resize))
+        self.resize = tuple(resize)
+        self.resize_transform = build_resize(self.resize)
 
     @property
     def database_num(self) -> int:
@@ -130,7 +223,7 @@ class BaseDataset(data.Dataset):
 
     def load_uint8(self, index: int) -> torch.Tensor:
         """Image index (database first, then queries) resized, as a uint8 3×H×W tensor."""
-        return self.resize_transform(open_image(self.images_paths[index]))
+        return self.resize_transform(open_image(self.images_paths[index], self.resize))
 
     def load(self, index: int) -> torch.Tensor:
         """Image index (database first, then queries) as a normalized float 3×H×W tensor."""
@@ -174,8 +267,8 @@ class TripletsDataset(BaseDataset):
 
     def __init__(self, datasets_folder: str | None, dataset_name: str, split: str = "train",
                  resize: tuple[int, int] = (480, 640), val_positive_dist_threshold: float = 25.0,
-                 train_positives_dist_threshold: float = 10.0, augmentation=None):
-        super().__init__(datasets_folder, dataset_name, split, resize, val_positive_dist_threshold)
+                 train_positives_dist_threshold: float = 10.0, augmentation=None, skip_corrupt: bool = False):
+        super().__init__(datasets_folder, dataset_name, split, resize, val_positive_dist_threshold, skip_corrupt)
         positives = radius_neighbors(self.database_utms, self.queries_utms, train_positives_dist_threshold)
         keep = np.array([len(p) > 0 for p in positives], dtype=bool)
         dropped = int((~keep).sum())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ def extract_features(model: torch.nn.Module, dataset, indices: Sequence[int], ba
                         pin_memory=device == "cuda", persistent_workers=False)
     out: np.ndarray | None = None
     pos = 0
-    for images, _ in tqdm(loader, desc=desc, ncols=100, leave=False, disable=len(loader) < 2):
+    quiet = len(loader) < 2 or (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0)
+    for images, _ in tqdm(loader, desc=desc, ncols=100, leave=False, disable=quiet):
         with autocast(device, precision):
             feats = model(to_input(images, device, precision)).float().cpu().numpy()  # B×D
         if out is None:
@@ -40,8 +41,17 @@ def extract_features(model: torch.nn.Module, dataset, indices: Sequence[int], ba
 def hits_matrix(predictions: np.ndarray, queries_utms: np.ndarray, database_utms: np.ndarray,
                 threshold: float) -> np.ndarray:
     """Q×K boolean: prediction (q, k) lies within `threshold` metres of query q."""
-    d = np.linalg.norm(database_utms[predictions] - queries_utms[:, None, :], axis=2)  # Q×K metres
-    return d <= threshold
+    return prediction_distances(predictions, queries_utms, database_utms) <= threshold
+
+
+def prediction_distances(predictions: np.ndarray, queries_utms: np.ndarray,
+                         database_utms: np.ndarray) -> np.ndarray:
+    """Q×K metres from query q to its prediction (q, k); predictions Q×K database indices.
+
+    Missing results of approximate indexes (id -1) are at infinite distance, so they never count as hits.
+    """
+    d = np.linalg.norm(database_utms[np.maximum(predictions, 0)] - queries_utms[:, None, :], axis=2)
+    return np.where(predictions < 0, np.inf, d)
 
 
 def recalls_from_hits(hits: np.ndarray, recall_values: Sequence[int]) -> dict[int, float]:
@@ -49,6 +59,13 @@ def recalls_from_hits(hits: np.ndarray, recall_values: Sequence[int]) -> dict[in
     first_hit_cum = np.cumsum(hits, axis=1) > 0  # Q×K: any hit within the top k+1
     k = hits.shape[1]
     return {int(n): float(first_hit_cum[:, min(n, k) - 1].mean() * 100) for n in recall_values}
+
+
+def recalls_by_threshold(predictions: np.ndarray, queries_utms: np.ndarray, database_utms: np.ndarray,
+                         thresholds: Sequence[float], recall_values: Sequence[int]) -> dict[float, dict[int, float]]:
+    """Recall@N at several success radii (metres), all from the same predictions Q×K."""
+    return {float(t): recalls_from_hits(hits_matrix(predictions, queries_utms, database_utms, t), recall_values)
+            for t in thresholds}
 
 
 def format_recalls(recalls: dict[int, float]) -> str:
@@ -67,11 +84,16 @@ class EvalResult:
 
 
 def evaluate_descriptors(db_feats: np.ndarray, q_feats: np.ndarray, dataset, recall_values: Sequence[int],
-                         index_kind: str = "flat", max_k: int | None = None) -> EvalResult:
-    """Search queries against the database with one faiss index and compute recall@N."""
+                         index_kind: str = "flat", max_k: int | None = None,
+                         search_fn: Callable = search) -> EvalResult:
+    """Search queries against the database with one faiss index and compute recall@N.
+
+    search_fn(index, q_feats, k) -> (Q×k distances, Q×k predictions) replaces the plain search, e.g. to merge
+    several descriptors per query (test_methods).
+    """
     k = min(max(max(recall_values), max_k or 0), len(db_feats))
     index = build_index(db_feats, index_kind)
-    distances, predictions = search(index, q_feats, k)
+    distances, predictions = search_fn(index, q_feats, k)
     hits = hits_matrix(predictions, dataset.queries_utms, dataset.database_utms,
                        dataset.val_positive_dist_threshold)
     no_pos = int(sum(len(p) == 0 for p in dataset.soft_positives_per_query))

@@ -12,10 +12,15 @@ Distances returned by `search` are squared L2 for every kind. Descriptors are st
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
-import faiss
+# faiss's OpenMP threads busy-wait between parallel regions by default; on a shared, oversubscribed CPU that
+# made IVF-PQ training 20x slower (2 threads: 42 s instead of 1.8 s). Takes effect only if faiss is not yet
+# imported; an explicit user setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import faiss  # noqa: E402
 import numpy as np
 
 from commons import UserError
@@ -23,20 +28,15 @@ from commons import UserError
 INDEX_KINDS = ("flat", "ivfpq", "hnsw")
 CHUNK_ROWS = 32768  # rows converted to float32 at a time when adding / sampling a (memmapped) database
 TRAIN_SEED = 123  # seed for the IVF training sample (faiss k-means has its own fixed seed)
-_DEFAULTS_DOC = {
-    "ivfpq": ("nlist", "m", "nbits", "nprobe", "k_factor", "refine", "n_train", "seed"),
-    "hnsw": ("M", "ef_construction", "ef_search", "storage"),
-    "flat": (),
-}
 
 
 def default_params(kind: str, n: int, d: int) -> dict[str, Any]:
     """Defaults of `build_index` for a database of n vectors of dimension d (tuned at 1M x 256-D).
 
     ivfpq: nlist ~ sqrt(N) (power of two, >= 39 training points per list), PQ with D/4 4-bit sub-quantizers
-    (D/8 bytes/vector, fast-scan), nprobe = nlist/16 clipped to [8, 64], shortlist of k*k_factor (k_factor
-    32) re-ranked against float16 vectors. hnsw: M=32, efConstruction=40, efSearch=64; float16 storage when
-    the float32 vectors would exceed 1 GiB.
+    (D/8 bytes/vector, fast-scan), nprobe = nlist/8 clipped to [8, 128], shortlist of k*k_factor (k_factor
+    32) re-ranked against float16 copies of the vectors. hnsw: M=32, efConstruction=40, efSearch=128
+    (256 from 50k vectors on); float16 storage when the float32 vectors would exceed 1 GiB.
     """
     _check_kind(kind)
     if kind == "flat":
@@ -45,11 +45,11 @@ def default_params(kind: str, n: int, d: int) -> dict[str, Any]:
         nlist = 2 ** max(2, round(math.log2(math.sqrt(max(n, 1)))))
         while nlist > 4 and nlist * 39 > n:
             nlist //= 2
-        m = d // 4 if d % 8 == 0 else d
-        return {"nlist": nlist, "m": m, "nbits": 4, "nprobe": int(min(64, max(8, nlist // 16))),
+        m = d // 4 if d % 4 == 0 else d  # 4 dims per 4-bit sub-quantizer
+        return {"nlist": nlist, "m": m, "nbits": 4, "nprobe": int(min(128, max(8, nlist // 8))),
                 "k_factor": 32, "refine": "float16", "n_train": min(n, 64 * nlist), "seed": TRAIN_SEED}
     storage = "float16" if n * d * 4 > 2 ** 30 else "float32"
-    return {"M": 32, "ef_construction": 40, "ef_search": 64, "storage": storage}
+    return {"M": 32, "ef_construction": 40, "ef_search": 128 if n < 50_000 else 256, "storage": storage}
 
 
 def build_index(database: np.ndarray, kind: str = "flat", **params: Any) -> faiss.Index:
@@ -65,7 +65,7 @@ def build_index(database: np.ndarray, kind: str = "flat", **params: Any) -> fais
     p = default_params(kind, n, d)
     unknown = sorted(set(params) - set(p))
     if unknown:
-        raise UserError(f"unknown {kind} index parameter(s) {unknown}; use some of {list(_DEFAULTS_DOC[kind])}")
+        raise UserError(f"unknown {kind} index parameter(s) {unknown}; {kind} accepts {sorted(p) or 'none'}")
     p.update(params)
     if kind == "flat":
         index = faiss.IndexFlatL2(d)
@@ -80,7 +80,7 @@ def build_index(database: np.ndarray, kind: str = "flat", **params: Any) -> fais
 
 def _make_ivfpq(database: np.ndarray, p: dict[str, Any]) -> faiss.Index:
     """Untrained -> trained IVF-PQ(+refine) index; training rows are a fixed-seed sample of database."""
-    n, d = database.shape
+    d = database.shape[1]
     if d % int(p["m"]) != 0:
         raise UserError(f"ivfpq m={p['m']} does not divide the dimension {d}; pass m=<a divisor of {d}>")
     if int(p["nbits"]) not in (4, 8):
@@ -90,18 +90,30 @@ def _make_ivfpq(database: np.ndarray, p: dict[str, Any]) -> faiss.Index:
     if refine == "?":
         raise UserError(f"ivfpq refine={p['refine']!r} is unknown; use 'float16', 'float32' or None")
     index = faiss.index_factory(d, f"IVF{int(p['nlist'])},{pq}{refine}", faiss.METRIC_L2)
-    n_train = int(min(n, max(int(p["n_train"]), int(p["nlist"]))))
-    rows = np.sort(np.random.default_rng(int(p["seed"])).choice(n, size=n_train, replace=False))
-    train = np.empty((n_train, d), dtype=np.float32)
-    for start in range(0, n_train, CHUNK_ROWS):
-        train[start:start + CHUNK_ROWS] = database[rows[start:start + CHUNK_ROWS]]
+    ivf = faiss.extract_index_ivf(index)
+    train = _training_sample(database, int(p["n_train"]), int(p["seed"]))
+    min_rows = max(int(p["nlist"]), 2 ** int(p["nbits"]))
+    if len(train) < 39 * min_rows:  # small database: k-means on few (or repeated) points, without warnings
+        ivf.cp.min_points_per_centroid = 1
+        faiss.downcast_index(ivf).pq.cp.min_points_per_centroid = 1
+        train = np.tile(train, (-(-min_rows // len(train)), 1))
     index.train(train)
     del train
-    ivf = faiss.extract_index_ivf(index)
     ivf.nprobe = int(min(p["nprobe"], p["nlist"]))
     if refine:
         index.k_factor = float(p["k_factor"])
     return index
+
+
+def _training_sample(database: np.ndarray, n_train: int, seed: int) -> np.ndarray:
+    """n_train rows (n_train x D float32) drawn without replacement with a fixed seed, read in row order."""
+    n, d = database.shape
+    n_train = min(n, max(1, n_train))
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=n_train, replace=False))
+    train = np.empty((n_train, d), dtype=np.float32)
+    for start in range(0, n_train, CHUNK_ROWS):
+        train[start:start + CHUNK_ROWS] = database[rows[start:start + CHUNK_ROWS]]
+    return train
 
 
 def _make_hnsw(d: int, p: dict[str, Any]) -> faiss.Index:
@@ -121,7 +133,8 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     """k nearest database vectors of each query in one batched call.
 
     queries: Q x D. Returns (distances Q x k' float32 squared L2, ids Q x k' int64) with
-    k' = min(k, index.ntotal); approximate kinds may fill missing neighbours with id -1.
+    k' = min(k, index.ntotal), nearest first. HNSW searches with efSearch >= k; IVF queries whose probed lists
+    held too few vectors are searched again over all lists, so every id is a real row (never -1).
     """
     if k < 1:
         raise UserError(f"search k={k} must be at least 1; ask for k >= 1 neighbours")
@@ -132,8 +145,28 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     k = int(min(k, index.ntotal))
     if k == 0:
         raise UserError("the index is empty; add database descriptors before searching")
-    distances, ids = index.search(_as_f32(queries), k)
+    queries = _as_f32(queries)
+    hnsw = _hnsw_of(index)
+    if hnsw is not None:  # HNSW returns -1 ids when k > efSearch: widen the beam for this call only
+        params = faiss.SearchParametersHNSW(efSearch=max(int(hnsw.hnsw.efSearch), k))
+        distances, ids = index.search(queries, k, params=params)
+    else:
+        distances, ids = index.search(queries, k)
+    missing = np.flatnonzero((ids < 0).any(axis=1))
+    ivf = faiss.try_extract_index_ivf(index)
+    if len(missing) and ivf is not None:  # probed lists held < k (x k_factor) vectors: probe all lists
+        params = ivf_params = faiss.SearchParametersIVF(nprobe=int(ivf.nlist))
+        refine = faiss.downcast_index(index)
+        if isinstance(refine, faiss.IndexRefine):
+            params = faiss.IndexRefineSearchParameters(k_factor=float(refine.k_factor), base_index_params=ivf_params)
+        distances[missing], ids[missing] = index.search(queries[missing], k, params=params)
     return distances, ids.astype(np.int64, copy=False)
+
+
+def _hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
+    """The index itself, downcast, when it is an HNSW index; else None."""
+    index = faiss.downcast_index(index)
+    return index if isinstance(index, faiss.IndexHNSW) else None
 
 
 def index_nbytes(index: faiss.Index) -> int:

@@ -167,3 +167,46 @@ def mine_random(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
     cand = np.random.randint(0, ds.database_num, size=(len(query_ids), max(a.neg_samples_num, 2 * a.negs_num_per_query)))
     negatives = choose_negatives(ctx, query_ids, cand, torch.rand(cand.shape))
     return _as_triplets(query_ids, positives, negatives)
+
+
+class RollingDatabaseCache:
+    """Database descriptors N_db×D kept across cache refreshes (miner 'rolling').
+
+    The first update encodes the whole database; each later one re-encodes only the next ⌈N_db/period⌉ rows
+    (cyclically), so every descriptor is refreshed at least once every `period` updates.
+    """
+
+    def __init__(self, database_num: int, period: int):
+        self.database_num, self.period = database_num, period
+        self.feats: torch.Tensor | None = None
+        self.next_row = 0
+
+    def update(self, ctx: MiningContext) -> torch.Tensor:
+        """Re-encode the stale slice with the current model; returns all database descriptors N_db×D."""
+        if self.feats is None:
+            self.feats = ctx.features(np.arange(self.database_num), "caching database")
+            return self.feats
+        size = -(-self.database_num // self.period)
+        rows = (self.next_row + np.arange(size)) % self.database_num
+        self.feats[torch.from_numpy(rows)] = ctx.features(rows, f"refreshing 1/{self.period} of the database cache")
+        self.next_row = int((self.next_row + size) % self.database_num)
+        return self.feats
+
+
+@register_miner("rolling")
+def mine_rolling(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
+    """As 'full' (hardest of --neg_samples_num random database images plus the query's previous hard negatives),
+    but the database descriptors are reused across refreshes: each refresh re-encodes 1/--rolling_period of
+    the database (all of it at the first refresh of a run or resume) and the sampled queries."""
+    ds, a = ctx.dataset, ctx.args
+    cache = getattr(ctx, "rolling_cache", None)
+    if cache is None:
+        cache = ctx.rolling_cache = RollingDatabaseCache(ds.database_num, getattr(a, "rolling_period", 4))
+    db_feats = cache.update(ctx)
+    q_feats = ctx.features(ds.database_num + query_ids, "caching queries")
+    positives = nearest_positive(q_feats, db_feats, ctx.positives[query_ids])
+    rand = np.random.randint(0, ds.database_num, size=(len(query_ids), a.neg_samples_num))
+    cand = np.concatenate([rand, ctx.neg_cache[query_ids]], axis=1)
+    negatives = choose_negatives(ctx, query_ids, cand, gathered_distances(q_feats, db_feats, cand))
+    ctx.neg_cache[query_ids] = negatives
+    return _as_triplets(query_ids, positives, negatives)

@@ -68,9 +68,22 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "shape/key mismatch"
-        raise UserError(f"checkpoint {source} does not match the model architecture ({first[:160]}); "
-                        f"use the flags it was trained with") from None
+        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or ["shape/key mismatch"]
+        raise UserError(f"checkpoint {source} does not match the architecture stored with it or given by the "
+                        f"flags ({lines[0][:160]}); pass a checkpoint of this toolkit's run, or the "
+                        f"architecture flags it was trained with") from None
+
+
+def load_init_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> list[str]:
+    """Load the weights of `state` into model, allowing model keys absent from it (e.g. the CRN of a CRN model
+    started from NetVLAD); returns those keys. Keys the model lacks or other shapes stop with a UserError."""
+    own = model.state_dict()
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if unexpected or wrong:
+        raise UserError(f"--init_from {source} does not fit this model (unknown keys {unexpected[:3]}, other shapes "
+                        f"{wrong[:3]}); use a checkpoint with the same backbone and aggregation (NetVLAD for crn)")
+    return list(model.load_state_dict(state, strict=False).missing_keys)
 
 
 @torch.no_grad()
@@ -99,4 +112,4 @@ def initialize_aggregation(model: GeoLocalizationNet, loader, device: str, seed:
         return
     descs = sample_local_descriptors(model, loader, num_descriptors, seed, device)
     logging.info(f"initializing {type(agg).__name__} from {len(descs)} local descriptors (k-means)")
-    agg.init_params(descs)
+    agg.init_params(descs, niter=100, seed=seed)

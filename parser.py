@@ -11,7 +11,7 @@ from commons import UserError
 
 ARCH_KEYS = ("backbone", "aggregation", "netvlad_clusters", "fc_output_dim", "attention")
 RESUME_SAFE_KEYS = ("epochs_num", "num_workers", "device", "infer_batch_size", "save_dir", "resume",
-                    "patience", "datasets_folder", "skip_corrupt", "log_level")
+                    "patience", "datasets_folder", "skip_corrupt", "log_level", "init_from")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -84,6 +84,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=float, default=0.5, help="lr factor (step scheduler)")
     g.add_argument("--warmup_epochs", type=float, default=0.0, help="linear lr warm-up length")
     g.add_argument("--resume", default=None, help="last_model.pth of a run to continue")
+    g.add_argument("--init_from", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights (e.g. a NetVLAD run for --aggregation crn); "
+                        "parameters it lacks keep their initialization")
+    g.add_argument("--rolling_period", type=int, default=4, metavar="N",
+                   help="--mining rolling: each database descriptor is re-encoded every N cache refreshes")
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -99,6 +104,32 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _test_variant_args(p: argparse.ArgumentParser) -> None:
+    from test_methods import TEST_METHODS
+    g = p.add_argument_group("test-time variants (docs/variations.md)")
+    g.add_argument("--ensemble", choices=["concat", "mean"], default="concat",
+                   help="with several --resume: concatenate or average their L2-normalized descriptors")
+    g.add_argument("--multiscale", type=float, nargs="+", default=[1.0], metavar="S",
+                   help="encode every image at these scales, e.g. 1 0.707 0.5")
+    g.add_argument("--multiscale_combine", choices=["mean", "concat"], default="mean")
+    g.add_argument("--test_method", choices=list(TEST_METHODS), default="hard_resize",
+                   help="how queries are processed (the database is always resized to --test_resize/--resize)")
+    g.add_argument("--majority_weight", type=float, default=0.01, help="distance bonus per vote (maj_voting)")
+    g.add_argument("--pca_dim", type=int, default=None, help="reduce descriptors with a PCA fitted on --pca_split")
+    g.add_argument("--pca_whiten", action="store_true", help="whiten the PCA components")
+    g.add_argument("--pca_split", default="train", help="split whose database images are encoded to fit the PCA")
+    g.add_argument("--pca_file", default=None, help="reuse the pca.npz of an earlier eval run instead of fitting")
+
+
+def validate_test_variant_args(args: argparse.Namespace) -> None:
+    """Checks of the ensemble / multi-scale / test-method / PCA flags of eval.py."""
+    _check(all(s > 0 for s in args.multiscale), f"--multiscale scales must be > 0, got {args.multiscale}")
+    _check(args.majority_weight >= 0, f"--majority_weight must be >= 0, got {args.majority_weight}")
+    _check(args.pca_dim is None or args.pca_dim > 0, f"--pca_dim must be > 0, got {args.pca_dim}")
+    _check(not args.pca_whiten or (args.pca_dim and not args.pca_file),
+           "--pca_whiten applies when fitting a PCA: pass it with --pca_dim and without --pca_file")
+
+
 def eval_parser() -> argparse.ArgumentParser:
     """Parser of eval.py."""
     p = argparse.ArgumentParser(description="Evaluate geo-localization checkpoints",
@@ -110,6 +141,13 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test")
     g.add_argument("--pretrain", choices=["imagenet", "none"], default="none",
                    help="only used to build the architecture before the checkpoint's weights are loaded")
+    g.add_argument("--save_predictions", type=int, default=0, metavar="N",
+                   help="write one picture per query with its top-N predictions into <run>/predictions/")
+    g.add_argument("--save_only_wrong_predictions", action="store_true",
+                   help="with --save_predictions: only queries whose top-1 prediction is wrong")
+    g.add_argument("--recall_thresholds", type=float, nargs="+", default=None, metavar="M",
+                   help="also compute recall@N at these success radii (metres), e.g. 5 10 15 20 25 50 100")
+    _test_variant_args(p)
     return p
 
 
@@ -149,6 +187,16 @@ def validate_train_args(args: argparse.Namespace) -> None:
            "--train_positives_dist_threshold must not exceed --val_positive_dist_threshold")
     _check(args.fc_output_dim is None or args.fc_output_dim > 0, "--fc_output_dim must be > 0")
     _check(args.attention_lr is None or args.attention_lr > 0, "--attention_lr must be > 0")
+    _check(args.rolling_period > 0, f"--rolling_period must be > 0, got {args.rolling_period}")
+    from augmentations import validate_augmentation_args
+    from optim import validate_optim_args
+    validate_optim_args(args)
+    validate_augmentation_args(args)
+    from backbones import input_multiple
+    m = input_multiple(args.backbone)
+    _check(all(v % m == 0 for v in [*args.resize, *(args.test_resize or [])]),
+           f"--backbone {args.backbone} needs image sides multiple of {m}; got --resize {args.resize}"
+           f"{f' --test_resize {args.test_resize}' if args.test_resize else ''}, change them")
 
 
 def resolve_device(args: argparse.Namespace) -> str:
@@ -160,8 +208,19 @@ def resolve_device(args: argparse.Namespace) -> str:
 
 
 def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and validate train.py arguments."""
-    args = train_parser().parse_args(argv)
+    """Parse and validate train.py arguments.
+
+    With --resume, flags not given on the command line take the values stored in the checkpoint, and given flags
+    that change the run (all but RESUME_SAFE_KEYS) are refused, before anything is written.
+    """
+    p = train_parser()
+    args = p.parse_args(argv)
+    if args.resume:
+        from util import check_resume_compatible, load_checkpoint
+        stored = load_checkpoint(args.resume)["args"]
+        p.set_defaults(**{k: v for k, v in stored.items() if k in vars(args) and k != "resume"})
+        args = p.parse_args(argv)
+        check_resume_compatible(stored, vars(args))
     validate_train_args(args)
     return args
 
@@ -170,4 +229,10 @@ def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate eval.py arguments."""
     args = eval_parser().parse_args(argv)
     validate_common(args)
+    validate_test_variant_args(args)
+    _check(args.save_predictions >= 0, f"--save_predictions must be >= 0 images, got {args.save_predictions}")
+    _check(not args.save_only_wrong_predictions or args.save_predictions > 0,
+           "--save_only_wrong_predictions needs --save_predictions N (N > 0)")
+    _check(args.recall_thresholds is None or all(t > 0 for t in args.recall_thresholds),
+           f"--recall_thresholds must be > 0 metres, got {args.recall_thresholds}")
     return args

@@ -5,6 +5,7 @@ Example: python train.py --datasets_folder data --dataset_name pitts30k --aggreg
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,14 +15,15 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+import distributed
 from augmentations import build_augmentation
 from commons import (UserError, autocast, get_rng_state, make_deterministic, prepare_model, run_cli,
                      set_rng_state, setup_logging, to_input, tune_allocator)
-from datasets_ws import BaseDataset, TripletsDataset
+from datasets_ws import BaseDataset, TripletsDataset, build_all
 from evaluation import EvalResult, format_recalls, test
 from losses import build_criterion
 from mining import MINERS, MiningContext
-from network import build_model, initialize_aggregation, load_model_state
+from network import build_model, initialize_aggregation, load_init_state, load_model_state
 from optim import build_optimizer, lr_factor, set_lr
 from parser import parse_train_args, resolve_device
 from util import check_resume_compatible, load_checkpoint, log_args, new_run_folder, save_checkpoint, write_json
@@ -53,27 +55,46 @@ def param_groups(model: torch.nn.Module, args) -> list[dict]:
 
 
 def train_on_triplets(model, ds: TripletsDataset, triplets: np.ndarray, optimizer, criterion, args,
-                      device: str, where: str) -> float:
-    """One pass over the mined triplets; returns the mean loss. Stops on a non-finite loss."""
+                      device: str, where: str, ddp_model=None) -> float:
+    """One pass over the mined triplets; returns the mean loss. Stops on a non-finite loss.
+
+    With ddp_model (torchrun), each rank trains on its slice of every global batch of --train_batch_size
+    queries; gradients and the returned loss are those of the global batches, as in one process.
+    """
     ds.set_triplets(triplets)
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
-    loader = DataLoader(ds, batch_size=args.train_batch_size, shuffle=True, generator=gen,
-                        num_workers=args.num_workers, pin_memory=device == "cuda", drop_last=False)
-    model.train()
+    if ddp_model is None:
+        loader = DataLoader(ds, batch_size=args.train_batch_size, shuffle=True, generator=gen,
+                            num_workers=args.num_workers, pin_memory=device == "cuda", drop_last=False)
+    else:
+        loader = distributed.rank_loader(ds, args.train_batch_size, gen, args.num_workers, device == "cuda",
+                                         (triplets.shape[1], 3, *args.resize))
+    net = model if ddp_model is None else ddp_model
+    net.train()
     losses = []
-    for it, (images, _) in enumerate(tqdm(loader, desc=f"training {where}", ncols=100, leave=False)):
-        b, n = images.shape[:2]  # B×(2+K)×3×H×W
-        with autocast(device, args.precision):
-            feats = model(to_input(images.flatten(0, 1), device, args.precision))  # (B·(2+K))×D
-        feats = feats.float().view(b, n, -1)
-        loss = criterion(feats[:, 0], feats[:, 1], feats[:, 2:])
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at {where}, iteration {it}; the last good checkpoint "
-                            f"is kept; lower --lr or use --precision fp32, then --resume")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    with distributed.train_rank_rng():  # per-rank augmentation streams; no-op in one process
+        for it, (images, _) in enumerate(tqdm(loader, desc=f"training {where}", ncols=100, leave=False,
+                                              disable=not distributed.is_main())):
+            b, n = images.shape[:2]  # B×(2+K)×3×H×W
+            with autocast(device, args.precision):
+                feats = net(to_input(images.flatten(0, 1), device, args.precision))  # (B·(2+K))×D
+            feats = feats.float().view(b, n, feats.shape[-1])
+            if ddp_model is None:
+                loss = criterion(feats[:, 0], feats[:, 1], feats[:, 2:])
+                value = loss.item()
+            else:
+                loss, value = distributed.global_mean_loss(criterion, feats)
+            if not math.isfinite(value):
+                raise UserError(f"loss became {value} at {where}, iteration {it}; the last good checkpoint "
+                                f"is kept; lower --lr or use --precision fp32, then --resume")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(value)
+    bad = next((k for k, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), None)
+    if bad is not None:  # the last step can blow up the weights although its loss was finite
+        raise UserError(f"weights became non-finite ({bad}) at {where}, iteration {len(losses) - 1}; the last good "
+                        f"checkpoint is kept; lower --lr or use --precision fp32, then --resume")
     return float(np.mean(losses))
 
 
@@ -84,14 +105,20 @@ def make_checkpoint(model, optimizer, state: TrainState, neg_cache: np.ndarray, 
             "rng_state": get_rng_state(), "args": vars(args)}
 
 
+def evaluator():
+    """evaluation.test, or its sharded version (same result on every rank) under torchrun."""
+    return distributed.sharded_test if distributed.active() else test
+
+
 def validate(model, val_ds, args, device: str) -> EvalResult:
     """Recalls on the validation split (always including R@5)."""
     values = sorted(set(args.recall_values) | {STOP_METRIC})
-    return test(model, val_ds, values, args.infer_batch_size, args.num_workers, device, args.precision, args.index)
+    return evaluator()(model, val_ds, values, args.infer_batch_size, args.num_workers, device, args.precision,
+                       args.index)
 
 
 def run_epoch(model, ds, optimizer, criterion, ctx: MiningContext, state: TrainState, folder: Path, args,
-              device: str, base_lrs: list[float]) -> None:
+              device: str, base_lrs: list[float], ddp_model=None) -> None:
     """Train the remaining cache refreshes of state.epoch, checkpointing after each."""
     refreshes = args.queries_per_epoch // args.cache_refresh_rate
     queries_num = len(ds.queries_paths)
@@ -101,12 +128,14 @@ def run_epoch(model, ds, optimizer, criterion, ctx: MiningContext, state: TrainS
         start = time.time()
         query_ids = np.random.choice(queries_num, min(args.cache_refresh_rate, queries_num), replace=False)
         triplets = MINERS[args.mining](ctx, query_ids)
-        loss = train_on_triplets(model, ds, triplets, optimizer, criterion, args, device, where)
+        distributed.check_same_on_all_ranks(triplets, "mined triplets")
+        loss = train_on_triplets(model, ds, triplets, optimizer, criterion, args, device, where, ddp_model)
         state.refresh += 1
         state.train_time_s += time.time() - start
         state.losses.append(loss)
         logging.debug(f"{where}: loss {loss:.4f} ({time.time() - start:.1f} s)")
-        save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best=False)
+        if distributed.is_main():
+            save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best=False)
 
 
 def end_epoch(model, optimizer, val_ds, ctx, state: TrainState, folder: Path, args, device: str) -> bool:
@@ -121,7 +150,8 @@ def end_epoch(model, optimizer, val_ds, ctx, state: TrainState, folder: Path, ar
     logging.info(f"epoch {state.epoch:02d}: loss {np.mean(losses):.4f}, val {format_recalls(result.recalls)}"
                  f"{' (best)' if is_best else ''}")
     state.epoch, state.refresh = state.epoch + 1, 0
-    save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best)
+    if distributed.is_main():
+        save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best)
     if state.not_improved >= args.patience:
         logging.info(f"no R@{STOP_METRIC} gain for {args.patience} epochs: stopping")
         return True
@@ -137,16 +167,30 @@ def init_aggregation(model, ds: TripletsDataset, args, device: str) -> None:
         initialize_aggregation(model, loader, device, seed=max(args.seed, 0))
 
 
+def init_weights(model, ds: TripletsDataset, args, device: str) -> None:
+    """Fresh run: load --init_from weights when given, then k-means-initialize the aggregation (NetVLAD) unless
+    the checkpoint provided its weights (attention layers such as CRN excluded)."""
+    missing = set(model.state_dict())
+    if args.init_from:
+        missing = set(load_init_state(model, load_checkpoint(args.init_from)["model_state_dict"], args.init_from))
+        logging.info(f"weights from {args.init_from}; kept at initialization: {sorted(missing) or 'none'}")
+    att = {id(p) for p in model.attention_parameters()}
+    agg_keys = {f"aggregation.{n}" for n, p in model.aggregation.named_parameters() if id(p) not in att}
+    if agg_keys & missing:
+        init_aggregation(model, ds, args, device)
+
+
 def setup(args, device: str):
     """Datasets, model, optimizer, state and negative cache; restored from --resume when given."""
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt:
         check_resume_compatible(ckpt["args"], vars(args))
-    ds = TripletsDataset(args.datasets_folder, args.dataset_name, "train", tuple(args.resize),
-                         args.val_positive_dist_threshold, args.train_positives_dist_threshold,
-                         augmentation=build_augmentation(args))
-    val_ds = BaseDataset(args.datasets_folder, args.dataset_name, "val", tuple(args.test_resize or args.resize),
-                         args.val_positive_dist_threshold)
+    where, test_size = (args.datasets_folder, args.dataset_name), tuple(args.test_resize or args.resize)
+    ds, val_ds, _ = build_all(  # unreadable images of all three splits are reported together, before training
+        lambda: TripletsDataset(*where, "train", tuple(args.resize), args.val_positive_dist_threshold,
+                                args.train_positives_dist_threshold, build_augmentation(args), args.skip_corrupt),
+        lambda: BaseDataset(*where, "val", test_size, args.val_positive_dist_threshold, args.skip_corrupt),
+        lambda: BaseDataset(*where, "test", test_size, args.val_positive_dist_threshold, args.skip_corrupt))
     logging.info(f"train: {ds}; val: {val_ds}")
     model = prepare_model(build_model(args, pretrained=args.pretrain == "imagenet" and ckpt is None),
                           device, args.precision)
@@ -162,44 +206,58 @@ def setup(args, device: str):
         set_rng_state(ckpt["rng_state"])
         logging.info(f"resumed from {args.resume} at epoch {state.epoch}, refresh {state.refresh}")
     else:
-        init_aggregation(model, ds, args, device)
+        init_weights(model, ds, args, device)
     ctx = MiningContext(model, ds, args, device, neg_cache)
     return ds, val_ds, model, optimizer, base_lrs, state, ctx
 
 
 def final_test(args, folder: Path, device: str, state: TrainState) -> dict:
-    """Test the best model on the test split and write results.json."""
+    """Test the best model on the test split and write results.json (rank 0 only under torchrun)."""
+    distributed.barrier()  # rank 0 has written best_model.pth
     best = load_checkpoint(folder / "best_model.pth")
     model = prepare_model(build_model(best["args"]), device, args.precision)
     load_model_state(model, best["model_state_dict"], str(folder / "best_model.pth"))
     test_ds = BaseDataset(args.datasets_folder, args.dataset_name, "test", tuple(args.test_resize or args.resize),
-                          args.val_positive_dist_threshold)
-    result = test(model, test_ds, args.recall_values, args.infer_batch_size, args.num_workers, device,
-                  args.precision, args.index)
+                          args.val_positive_dist_threshold, skip_corrupt=args.skip_corrupt)
+    result = evaluator()(model, test_ds, args.recall_values, args.infer_batch_size, args.num_workers, device,
+                         args.precision, args.index)
     logging.info(f"test of best model on {test_ds}: {format_recalls(result.recalls)}")
     results = {"kind": "train", "args": vars(args), "train_time_s": state.train_time_s,
                "epochs": state.epoch, "best_val_recall@5": state.best_recall, "losses": state.losses,
                "val_history": state.val_history,
                "test": {**result.info, "recalls": {str(k): v for k, v in result.recalls.items()},
                         "checkpoint": str(folder / "best_model.pth")}}
-    write_json(folder / "results.json", results)
+    if distributed.is_main():
+        write_json(folder / "results.json", results)
     return results
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Train, validate every epoch, stop early on R@5, then test the best model."""
+    """Train, validate every epoch, stop early on R@5, then test the best model.
+
+    Under torchrun: DistributedDataParallel over the ranks (see distributed.py); rank 0 logs and writes files.
+    """
     args = parse_train_args(argv)
     tune_allocator()
-    folder = Path(args.resume).parent if args.resume else new_run_folder(args.save_dir)
-    setup_logging(folder, args.log_level)
-    log_args(args, folder)
-    make_deterministic(args.seed)
     device = resolve_device(args)
+    main_rank = distributed.init(device) is None or distributed.is_main()
+    folder = Path(args.resume).parent if args.resume else \
+        distributed.broadcast_object(new_run_folder(args.save_dir) if main_rank else None)
+    setup_logging(folder if main_rank else None, args.log_level if main_rank else "warning")
+    if main_rank:
+        log_args(args, folder)
+    make_deterministic(args.seed)
     ds, val_ds, model, optimizer, base_lrs, state, ctx = setup(args, device)
+    ddp_model = None
+    if distributed.active():
+        ddp_model = distributed.wrap(model, device)
+        ctx.encode = distributed.sharded_encoder(model, ds.as_images(), args.infer_batch_size, args.num_workers,
+                                                 device, args.precision)
+        distributed.sync_rng_state()
     criterion = build_criterion(args.criterion, args.margin)
     stop = state.not_improved >= args.patience
     while not stop and state.epoch < args.epochs_num:
-        run_epoch(model, ds, optimizer, criterion, ctx, state, folder, args, device, base_lrs)
+        run_epoch(model, ds, optimizer, criterion, ctx, state, folder, args, device, base_lrs, ddp_model)
         stop = end_epoch(model, optimizer, val_ds, ctx, state, folder, args, device)
     logging.info(f"trained {state.epoch} epochs in {state.train_time_s:.0f} s; best val R@5 {state.best_recall:.1f}")
     return final_test(args, folder, device, state)

@@ -1,0 +1,84 @@
+"""benchmark.py: the --quick run writes every documented figure, limits are computed as documented."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import benchmark
+from commons import UserError
+
+RATE_FIGURES = ("extract", "model", "train", "train_model")
+CACHE_FIGURES = ("refresh_s", "forward_s", "loading_s", "mining_s", "other_fraction")
+
+
+def test_quick_run_writes_the_documented_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    returned = benchmark.main(["--quick", "--out", "bench.json", "--device", "cpu"])
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data == json.loads(json.dumps(returned))
+    assert set(data) == {"machine", "config", "limits", "figures", "notes"}
+    assert data["config"]["quick"] and data["config"]["precisions"] == ["fp32", "bf16"]
+    assert data["machine"]["device"] == "cpu" and len(data["machine"]["load_average"]) == 3
+    limits, figs = data["limits"], data["figures"]
+    assert set(limits["matmul_flops_per_s"]) == {"fp32", "bf16"}
+    expected = {"loader", "peak_memory"}
+    for agg in ("gem", "netvlad"):
+        assert limits["forward_flops_per_image"][agg] > 0 and limits["train_flops_per_triplet"][agg] > 0
+        expected |= {f"cache.{agg}.{k}" for k in CACHE_FIGURES}
+        expected |= {f"search.{agg}", f"model_channels_last.{agg}.fp32"}
+        for prec in ("fp32", "bf16"):
+            expected |= {f"{k}.{agg}.{prec}" for k in RATE_FIGURES}
+            # limit = matmul rate / FLOPs per item, ratio = measured / limit
+            img = figs[f"extract.{agg}.{prec}"]
+            assert img["limit"] == pytest.approx(limits["matmul_flops_per_s"][prec]
+                                                 / limits["forward_flops_per_image"][agg])
+            assert img["ratio"] == pytest.approx(img["value"] / img["limit"])
+            tri = figs[f"train.{agg}.{prec}"]
+            assert tri["limit"] == pytest.approx(limits["matmul_flops_per_s"][prec]
+                                                 / limits["train_flops_per_triplet"][agg])
+        cache = {k: figs[f"cache.{agg}.{k}"]["value"] for k in CACHE_FIGURES}
+        assert cache["other_fraction"] == pytest.approx(max(0.0, 1 - cache["forward_s"] / cache["refresh_s"]))
+    assert set(figs) == expected
+    for name, f in figs.items():
+        lower = 0.0 if name.endswith(("loading_s", "other_fraction")) else 1e-12
+        assert f["value"] >= lower and f["unit"], name
+        assert f["limit"] is None or f["limit"] > 0, name
+    table = capsys.readouterr().out
+    assert all(name in table for name in figs)
+
+
+def test_count_flops_equals_a_hand_count_of_the_convolutions() -> None:
+    """GeM has no matrix products: forward FLOPs = sum over convolutions of 2·Cin/groups·k²·Cout·H'·W'."""
+    args = benchmark.train_args(benchmark.parse_args(["--quick", "--resize", "32", "48"]), "gem", "fp32", 0)
+    model, total = benchmark.make_model(args, "cpu"), []
+
+    def hook(conv: torch.nn.Conv2d, _inputs, out: torch.Tensor) -> None:
+        kh, kw = conv.kernel_size
+        total.append(2 * conv.in_channels // conv.groups * kh * kw * out.shape[1] * out.shape[2] * out.shape[3])
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 48))
+    assert benchmark.count_flops(args, 1, step=False) == sum(total)
+    # a training step also runs the backward pass, but never through the frozen blocks' weights
+    images = args.train_batch_size * (2 + args.negs_num_per_query)
+    assert images * sum(total) < benchmark.count_flops(args, images, step=True) < 3 * images * sum(total)
+
+
+def test_figure_ratio_is_the_share_of_the_limit_reached() -> None:
+    assert benchmark.figure(30.0, "img/s", 40.0)["ratio"] == pytest.approx(0.75)
+    assert benchmark.figure(8.0, "s", 6.0, rate=False)["ratio"] == pytest.approx(0.75)
+    assert benchmark.figure(1.0, "img/s")["ratio"] is None
+
+
+@pytest.mark.parametrize("flags", [["--precisions", "fp16", "--device", "cpu"], ["--quick", "--images", "0"],
+                                   ["--quick", "--num_workers", "-1"], ["--quick", "--cache_db", "1"]])
+def test_bad_flags_are_one_line_user_errors(flags: list[str]) -> None:
+    with pytest.raises(UserError) as e:
+        benchmark.parse_args(flags)
+    assert "\n" not in str(e.value)

@@ -1,0 +1,133 @@
+"""Tests of datasets_ws.py: UTM parsing, folder layout, positives against brute force, dropped queries."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from commons import UserError
+from datasets_ws import BaseDataset, TripletsDataset, parse_utm
+
+
+def write_image(path: Path, value: int = 128, size: int = 16) -> None:
+    """A small solid RGB image (format from the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), (value, value // 2, 255 - value)).save(path)
+
+
+def make_dataset(root: Path, db: list[tuple[float, float]], queries: list[tuple[float, float]],
+                 split: str = "train", db_folder: str = "database", ext: str = "jpg") -> Path:
+    """Hand-made datasets_vg layout under root/toy with the given UTMs; returns the datasets folder."""
+    base = root / "toy" / "images" / split
+    for kind, utms in ((db_folder, db), ("queries", queries)):
+        for i, (e, n) in enumerate(utms):
+            write_image(base / kind / f"@{e:.2f}@{n:.2f}@{kind}@{i:03d}@.{ext}", value=10 * i)
+    return root
+
+
+def brute_force_within(db: np.ndarray, q: np.ndarray, radius: float) -> list[np.ndarray]:
+    """Per query, sorted database indices within radius metres (plain numpy)."""
+    d = np.sqrt(((q[:, None, :] - db[None, :, :]) ** 2).sum(-1))  # Q×N
+    return [np.flatnonzero(row <= radius) for row in d]
+
+
+# ---------------------------------------------------------------- parse_utm
+
+def test_parse_utm_reads_the_file_name_only() -> None:
+    path = Path("/data/run@12@34@/sub@dir/@500123.45@4400067.80@x@.jpg")
+    assert parse_utm(path) == (500123.45, 4400067.80)
+    assert parse_utm(str(path)) == (500123.45, 4400067.80)
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "@abc@4400000@.jpg", "@500000.jpg"])
+def test_parse_utm_bad_name_is_one_line_error_naming_the_file(name: str) -> None:
+    path = Path("/data/a@500000@4400000@/") / name  # the folder looks like UTM, the file does not
+    with pytest.raises(UserError) as e:
+        parse_utm(path)
+    msg = str(e.value)
+    assert "\n" not in msg and name in msg
+
+
+def test_bad_file_name_in_dataset_is_reported(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path, [(0, 0)], [(1, 1)], split="test")
+    write_image(root / "toy/images/test/database/IMG_0001.jpg")
+    with pytest.raises(UserError, match="IMG_0001.jpg"):
+        BaseDataset(root, "toy", "test")
+
+
+# ---------------------------------------------------------------- layout
+
+def test_gallery_png_and_at_sign_in_folder(tmp_path: Path) -> None:
+    root = tmp_path / "datasets@500000@4400000@"
+    db = [(500000.0, 4400000.0), (500020.0, 4400000.0), (500100.0, 4400000.0)]
+    queries = [(500003.0, 4400004.0), (500200.0, 4400000.0)]
+    make_dataset(root, db, queries, split="test", db_folder="gallery", ext="png")
+    ds = BaseDataset(root, "toy", "test", resize=(8, 8), val_positive_dist_threshold=25.0)
+    assert (ds.database_num, ds.queries_num, len(ds)) == (3, 2, 5)
+    np.testing.assert_allclose(ds.database_utms, db)
+    np.testing.assert_allclose(ds.queries_utms, queries)
+    # query 0 is 5 m from db 0 and ~17.5 m from db 1; query 1 is 100 m from everything
+    assert [s.tolist() for s in ds.soft_positives_per_query] == [[0, 1], []]
+    img, i = ds[4]
+    assert img.shape == (3, 8, 8) and i == 4
+
+
+def test_empty_queries_folder_is_an_error(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path, [(0, 0)], [], split="test")
+    (root / "toy/images/test/queries").mkdir(parents=True, exist_ok=True)
+    with pytest.raises(UserError, match="no images in the queries"):
+        BaseDataset(root, "toy", "test")
+
+
+# ---------------------------------------------------------------- positives
+
+def test_soft_positives_match_brute_force(tiny_world: Path) -> None:
+    ds = BaseDataset(tiny_world, "synthetic", "val", resize=(32, 32), val_positive_dist_threshold=25.0)
+    ref = brute_force_within(ds.database_utms, ds.queries_utms, 25.0)
+    assert sum(len(r) for r in ref) > 0
+    assert [s.tolist() for s in ds.soft_positives_per_query] == [r.tolist() for r in ref]
+
+
+def test_train_positives_and_dropped_queries_match_brute_force(tiny_world: Path) -> None:
+    base = BaseDataset(tiny_world, "synthetic", "train", resize=(32, 32))
+    ds = TripletsDataset(tiny_world, "synthetic", "train", resize=(32, 32), val_positive_dist_threshold=25.0,
+                         train_positives_dist_threshold=10.0)
+    train_ref = brute_force_within(base.database_utms, base.queries_utms, 10.0)
+    soft_ref = brute_force_within(base.database_utms, base.queries_utms, 25.0)
+    keep = [i for i, r in enumerate(train_ref) if len(r)]
+    assert 0 < len(keep) < base.queries_num, "tiny_world should have some queries without train positives"
+    assert ds.queries_paths == [base.queries_paths[i] for i in keep]
+    np.testing.assert_array_equal(ds.queries_utms, base.queries_utms[keep])
+    assert [p.tolist() for p in ds.positives_per_query] == [train_ref[i].tolist() for i in keep]
+    assert [s.tolist() for s in ds.soft_positives_per_query] == [soft_ref[i].tolist() for i in keep]
+    assert ds.images_paths == ds.database_paths + ds.queries_paths
+
+
+def test_dropped_query_keeps_rows_aligned(tmp_path: Path) -> None:
+    db = [(0.0, 0.0), (15.0, 0.0), (200.0, 0.0)]
+    queries = [(1.0, 0.0), (30.0, 0.0), (199.0, 0.0)]  # query 1: soft positive db 1 only, no train positive
+    root = make_dataset(tmp_path, db, queries)
+    ds = TripletsDataset(root, "toy", "train", resize=(8, 8), val_positive_dist_threshold=25.0,
+                         train_positives_dist_threshold=10.0)
+    np.testing.assert_allclose(ds.queries_utms, [queries[0], queries[2]])
+    assert [p.tolist() for p in ds.positives_per_query] == [[0], [2]]
+    assert [s.tolist() for s in ds.soft_positives_per_query] == [[0, 1], [2]]
+    assert [p.name.split("@")[4] for p in ds.queries_paths] == ["000", "002"]
+
+
+def test_triplet_item_shape_and_ids(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path, [(0.0, 0.0), (100.0, 0.0), (200.0, 0.0)], [(1.0, 0.0)])
+    ds = TripletsDataset(root, "toy", "train", resize=(8, 12))
+    ds.set_triplets(np.array([[0, 0, 2, 1]]))
+    images, ids = ds[0]
+    assert images.shape == (4, 3, 8, 12)
+    assert ids.tolist() == [3, 0, 2, 1]  # query 0 is item database_num + 0
+    assert np.allclose(images[0].numpy(), ds.load(3).numpy()) and np.allclose(images[2].numpy(), ds.load(2).numpy())
+
+
+def test_no_train_positive_at_all_is_an_error(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path, [(0.0, 0.0)], [(50.0, 0.0)])
+    with pytest.raises(UserError, match="train_positives_dist_threshold"):
+        TripletsDataset(root, "toy", "train")

@@ -1,0 +1,110 @@
+"""The fast path keeps results: bf16 autocast and channels_last descriptors, --precision in training and
+evaluation, and JPEG draft decoding."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import commons
+import eval as eval_cli
+import evaluation
+import train
+from commons import autocast, prepare_model, to_input
+from conftest import tiny_train_flags
+from datasets_ws import build_resize, open_image
+from network import GeoLocalizationNet
+from tools.synthetic_world import make_map, to_uint8
+
+
+def random_model(aggregation: str) -> GeoLocalizationNet:
+    torch.manual_seed(0)
+    return GeoLocalizationNet("resnet18conv4", aggregation, netvlad_clusters=8).eval()
+
+
+def smooth_images(n: int, size: int) -> torch.Tensor:
+    """n×3×size×size normalized crops of a synthetic map (image-like statistics, unlike white noise)."""
+    world = make_map(4 * size, seed=3)  # 3×M×M, standardized
+    return torch.stack([world[:, i * size // 2:i * size // 2 + size, i * size // 3:i * size // 3 + size]
+                        for i in range(n)])
+
+
+@pytest.mark.parametrize("aggregation", ["gem", "netvlad"])
+def test_bf16_autocast_descriptors_match_fp32(aggregation: str) -> None:
+    model, x = random_model(aggregation), smooth_images(4, 64)
+    with torch.no_grad():
+        ref = model(x)  # B×D, fp32
+        fast_model = prepare_model(copy.deepcopy(model), "cpu", "bf16")
+        with autocast("cpu", "bf16"):
+            fast = fast_model(to_input(x, "cpu", "bf16")).float()
+    cos = torch.nn.functional.cosine_similarity(fast, ref, dim=1)  # descriptors are L2-normalized
+    assert cos.min() > 0.99
+    # each bf16 descriptor is nearest to the fp32 descriptor of its own image, not of another one
+    assert torch.equal((fast @ ref.T).argmax(1), torch.arange(len(x)))
+
+
+@pytest.mark.parametrize("aggregation", ["gem", "netvlad"])
+def test_channels_last_gives_the_same_descriptors(aggregation: str) -> None:
+    model, x = random_model(aggregation), smooth_images(2, 64)
+    with torch.no_grad():
+        ref = model(x)
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(cl, ref, atol=1e-5)
+
+
+def test_reduced_precision_uses_channels_last_fp32_does_not() -> None:
+    x = torch.zeros(1, 3, 8, 8)
+    assert to_input(x, "cpu", "bf16").is_contiguous(memory_format=torch.channels_last)
+    assert to_input(x, "cpu", "fp32").is_contiguous()
+    model = prepare_model(torch.nn.Conv2d(3, 4, 3), "cpu", "bf16")
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    assert type(autocast("cpu", "bf16")) is torch.autocast and type(autocast("cpu", "fp32")) is not torch.autocast
+
+
+def test_precision_reaches_training_and_evaluation_and_bf16_keeps_recall(tiny_world: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    seen: list[tuple[str, str]] = []
+    for module in (train, evaluation):
+        def spy(device: str, precision: str, _name: str = module.__name__):
+            seen.append((_name, precision))
+            return commons.autocast(device, precision)
+        monkeypatch.setattr(module, "autocast", spy)
+    small = ["--queries_per_epoch", "8", "--cache_refresh_rate", "8", "--epochs_num", "1", "--log_level", "warning"]
+    trained = train.main(tiny_train_flags(tiny_world, "precision") + small + ["--precision", "bf16"])
+    assert {("train", "bf16"), ("evaluation", "bf16")} <= set(seen)
+    assert all(p == "bf16" for _, p in seen)
+    seen.clear()
+    fp32 = eval_cli.main(["--resume", trained["test"]["checkpoint"], "--datasets_folder", str(tiny_world),
+                          "--dataset_name", "synthetic", "--resize", "32", "32", "--device", "cpu", "--num_workers",
+                          "0", "--precision", "fp32", "--save_dir", "eval_fp32", "--log_level", "warning"])
+    assert seen and all(p == "fp32" for _, p in seen)
+    bf16 = trained["test"]["recalls"]  # the final test of training ran the same checkpoint in bf16
+    assert fp32["recalls"].keys() == bf16.keys()
+    for n in bf16:  # 40 test queries: one query is 2.5 points
+        assert abs(fp32["recalls"][n] - bf16[n]) <= 7.5, (n, fp32["recalls"], bf16)
+
+
+def write_jpeg(path: Path, height: int, width: int) -> None:
+    world = to_uint8(make_map(2 * max(height, width), seed=5)[None])[0].numpy()  # M×M×3 uint8
+    Image.fromarray(world[:height, :width]).save(path, quality=90)
+
+
+def test_draft_decoding_is_close_to_a_full_decode(tmp_path: Path) -> None:
+    path = tmp_path / "big.jpg"
+    write_jpeg(path, 256, 320)
+    assert open_image(path, (32, 40)).size == (80, 64)  # 1/4 scale: still 2× the target
+    assert open_image(path, (200, 200)).size == (320, 256)  # less than 2× reduction: full decode
+    full, draft = (build_resize((32, 40))(img) for img in (open_image(path), open_image(path, (32, 40))))
+    assert full.shape == draft.shape == (3, 32, 40)
+    assert (full.float() - draft.float()).abs().mean() < 2.0  # grey levels of 255
+
+
+def test_draft_leaves_png_alone(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.fromarray(np.full((256, 256, 3), 7, dtype=np.uint8)).save(path)
+    assert open_image(path, (32, 32)).size == (256, 256)
