@@ -69,9 +69,9 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source
         model.load_state_dict(state)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()] or ["shape/key mismatch"]
-        raise UserError(f"checkpoint {source} does not match the architecture stored with it or given by the "
-                        f"flags ({lines[0][:160]}); pass a checkpoint of this toolkit's run, or the "
-                        f"architecture flags it was trained with") from None
+        raise UserError(f"checkpoint {source} does not match the model architecture ({lines[0][:160]}); "
+                        f"pass a checkpoint written by this toolkit for that architecture (train.py --resume "
+                        f"takes the architecture flags stored in it)") from None
 
 
 def load_init_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> list[str]:

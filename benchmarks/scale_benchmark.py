@@ -89,12 +89,12 @@ def _proc_kb(field: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def _load_average() -> float:
-    """1-minute CPU load average (nan where unavailable): other processes slow the wall-clock figures."""
+def _load_average() -> float | None:
+    """1-minute CPU load average (None where unavailable): other processes slow the wall-clock figures."""
     try:
         return round(os.getloadavg()[0], 2)
     except OSError:
-        return float("nan")
+        return None
 
 
 def _reset_peak_rss() -> bool:
@@ -114,7 +114,7 @@ def measure(database: np.ndarray, queries: np.ndarray, source: np.ndarray, kind:
     index = build_index(database, kind)
     build_s = time.perf_counter() - start
     rss_delta_mb = (_proc_kb("VmRSS") - rss0) / 1024
-    peak_mb = (_proc_kb("VmHWM") - rss0) / 1024 if peak_ok else float("nan")
+    peak_mb = round((_proc_kb("VmHWM") - rss0) / 1024, 1) if peak_ok else None  # None: kernel refused
     start, cpu_start = time.perf_counter(), time.process_time()
     _, ids = search(index, queries, SEARCH_K)
     ms_per_query = (time.perf_counter() - start) * 1000 / len(queries)
@@ -122,7 +122,7 @@ def measure(database: np.ndarray, queries: np.ndarray, source: np.ndarray, kind:
     hits = ids == source[:, None]
     result = {"kind": kind, "params": default_params(kind, *database.shape), "build_s": round(build_s, 2),
               "index_mb": round(index_nbytes(index) / 2 ** 20, 1), "rss_delta_mb": round(rss_delta_mb, 1),
-              "peak_build_mb": round(peak_mb, 1), "ms_per_query": round(ms_per_query, 4),
+              "peak_build_mb": peak_mb, "ms_per_query": round(ms_per_query, 4),
               "cpu_ms_per_query": round(cpu_ms_per_query, 4),
               "r1": round(100 * float(hits[:, 0].mean()), 2), "r5": round(100 * float(hits.any(1).mean()), 2)}
     del index
@@ -148,7 +148,7 @@ def run_setting(setting: Setting, n: int, kinds: list[str], n_queries: int, seed
     return rows
 
 
-def format_table(rows: list[dict[str, Any]], threads: int, load: tuple[float, float]) -> str:
+def format_table(rows: list[dict[str, Any]], threads: int, load: tuple[float | None, float | None]) -> str:
     """The printed results table, with the notes needed to read it."""
     head = (f"{'setting':<12}{'N':>9} {'kind':<6}{'build s':>9}{'index MB':>10}{'RSS+ MB':>9}{'peak+ MB':>9}"
             f"{'ms/query':>10}{'cpu ms/q':>9}{'R@1':>7}{'R@5':>7}{'dR@1':>7}{'dR@5':>7}  targets")
@@ -157,7 +157,7 @@ def format_table(rows: list[dict[str, Any]], threads: int, load: tuple[float, fl
         lost1 = "" if r["r1_lost_vs_flat"] is None else f"{r['r1_lost_vs_flat']:.2f}"
         lost5 = "" if r["r5_lost_vs_flat"] is None else f"{r['r5_lost_vs_flat']:.2f}"
         lines.append(f"{r['setting']:<12}{r['n']:>9} {r['kind']:<6}{r['build_s']:>9.1f}{r['index_mb']:>10.1f}"
-                     f"{r['rss_delta_mb']:>9.1f}{r['peak_build_mb']:>9.1f}{r['ms_per_query']:>10.3f}"
+                     f"{r['rss_delta_mb']:>9.1f}{r['peak_build_mb'] or float('nan'):>9.1f}{r['ms_per_query']:>10.3f}"
                      f"{r['cpu_ms_per_query']:>9.3f}"
                      f"{r['r1']:>7.2f}{r['r5']:>7.2f}{lost1:>7}{lost5:>7}  {'ok' if r['meets_targets'] else '-'}")
     labels = sorted({f"{r['setting']}: {r['label']}" for r in rows})
@@ -166,7 +166,7 @@ def format_table(rows: list[dict[str, Any]], threads: int, load: tuple[float, fl
         "resident set across the build, after / at its peak (includes training buffers; glibc may keep freed pages)",
         f"ms/query = wall time of one batched search of all queries (k={SEARCH_K}) / queries, {threads} faiss "
         "threads; cpu ms/q = process CPU time of that search / queries (robust to other load on the machine)",
-        f"CPU load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores; "
+        f"CPU load average (1 min) at start / end: {load[0]} / {load[1]} on {os.cpu_count()} cores; "
         "dR@N = points lost vs flat",
         f"targets: < {TARGET_MS} ms/query, index < {TARGET_MB / 1024:.0f} GB, <= {TARGET_R1_LOSS} point of R@1 "
         "lost vs flat (stated for 1M x 256-D)"]

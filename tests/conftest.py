@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from tools.synthetic_world import generate_world  # noqa: E402
 
 TINY_SIZES = {"train": (160, 80), "val": (60, 30), "test": (80, 40)}
-E2E_SIZES = {"train": (1200, 600), "val": (200, 100), "test": (500, 250)}
+E2E_SIZES = {"train": (1500, 750), "val": (200, 200), "test": (300, 300)}  # tests/test_e2e.py budget
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +26,9 @@ def tiny_world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def e2e_world(tmp_path_factory) -> Path:
-    """A 64×64-px synthetic world large enough for training to show a clear recall gain."""
+    """A 32×32-px synthetic world large enough for training to show a clear recall gain."""
     root = tmp_path_factory.mktemp("e2e_world")
-    generate_world(root, seed=1, image_size=64, sizes=E2E_SIZES)
+    generate_world(root, seed=1, image_size=32, sizes=E2E_SIZES)
     return root
 
 

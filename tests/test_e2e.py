@@ -20,13 +20,15 @@ from parser import parse_train_args
 
 MIN_GAIN = 15.0  # R@1 points over the untrained model
 
-# Image size of the e2e world; training from random init with a high lr, partial mining, a few refreshes.
+# Training from random init: high lr with a short warm-up and cosine decay, partial mining refreshed every
+# 100 queries, 2500 triplets (5 epochs). Measured on this world (seed 0): GeM R@1 31.7 -> 54.7,
+# NetVLAD (16 clusters) 37.0 -> 61.7 (untrained NetVLAD already has its k-means initialization).
 E2E_FLAGS = ["--dataset_name", "synthetic", "--resize", "32", "32", "--pretrain", "none", "--precision", "fp32",
-             "--backbone", "resnet18conv4", "--lr", "1e-3", "--train_batch_size", "8",
-             "--negs_num_per_query", "3", "--neg_samples_num", "200", "--mining", "partial",
-             "--cache_refresh_rate", "100", "--queries_per_epoch", "500", "--epochs_num", "4", "--patience", "10",
-             "--infer_batch_size", "64", "--num_workers", "0", "--device", "cpu", "--seed", "0",
-             "--recall_values", "1", "5"]
+             "--backbone", "resnet18conv4", "--lr", "3e-3", "--warmup_epochs", "0.5", "--scheduler", "cosine",
+             "--train_batch_size", "8", "--negs_num_per_query", "3", "--neg_samples_num", "200",
+             "--mining", "partial", "--cache_refresh_rate", "100", "--queries_per_epoch", "500",
+             "--epochs_num", "5", "--patience", "10", "--infer_batch_size", "64", "--num_workers", "0",
+             "--device", "cpu", "--seed", "0", "--recall_values", "1", "5"]
 VARIANTS = {"gem": ["--aggregation", "gem"], "netvlad": ["--aggregation", "netvlad", "--netvlad_clusters", "16"]}
 
 

@@ -56,6 +56,15 @@ def test_approximate_recall_close_to_flat(structured, kind: str) -> None:
     assert (ids[:, 0] == flat_ids[:, 0]).mean() > 0.95  # same top-1 as the exact index, not just same recall
 
 
+def test_ivfpq_build_is_deterministic_and_restores_threads(structured) -> None:
+    database, queries, _ = structured
+    threads = faiss.omp_get_max_threads()
+    runs = [search(build_index(database[:8000], "ivfpq"), queries[:50], 5) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert faiss.omp_get_max_threads() == threads  # PQ training runs on one thread, then restores the count
+
+
 @pytest.mark.parametrize("kind", INDEX_KINDS)
 def test_search_shapes_and_k_clipping(kind: str) -> None:
     rng = np.random.default_rng(1)

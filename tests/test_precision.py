@@ -108,3 +108,14 @@ def test_draft_leaves_png_alone(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
     Image.fromarray(np.full((256, 256, 3), 7, dtype=np.uint8)).save(path)
     assert open_image(path, (32, 32)).size == (256, 256)
+
+
+@pytest.mark.parametrize("n_db", [40, 400])  # candidates a large share of the database (matmul) or not (gather)
+def test_mining_distances_equal_the_definition(n_db: int) -> None:
+    from mining import DENSE_FACTOR, gathered_distances
+    g = torch.Generator().manual_seed(0)
+    q, db = torch.randn(7, 16, generator=g), torch.randn(n_db, 16, generator=g)
+    cand = np.random.default_rng(0).integers(-1, n_db, (7, 20))
+    assert (cand.shape[1] * DENSE_FACTOR >= n_db) == (n_db == 40)
+    ref = ((db[np.maximum(cand, 0)] - q[:, None]) ** 2).sum(-1).masked_fill(torch.from_numpy(cand < 0), float("inf"))
+    assert torch.allclose(gathered_distances(q, db, cand), ref, atol=1e-4)
