@@ -2,8 +2,8 @@
 
 python benchmark.py [--quick] [--out bench.json] [--device cpu|cuda] [--resize 480 640]
 
-Limit of a pass = its FLOPs (FlopCounterMode) / the matmul rate in that precision (a large torch.matmul timed in
-this run). Extraction and training are measured end to end on JPEG files written by the run (decode, resize,
+Limit of a pass = its FLOPs (FlopCounterMode) / the matmul rate in that precision (the best of a large torch.matmul
+and the same product as a 1×1 convolution, timed in this run). Extraction and training are measured end to end on JPEG files written by the run (decode, resize,
 normalize, forward: evaluation.extract_features and train.train_on_triplets) and on in-memory tensors ("model").
 A cache refresh is split into forward passes (from the measured rates), loading, and mining (mining.mine_full
 with a timed stand-in encoder). Figures are the best of --repeats runs. See docs/performance.md.
@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -95,19 +96,31 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
-def matmul_rate(device: str, precision: str, max_n: int, call_s: float) -> float:
-    """The machine's compute limit: best FLOP/s of a square n×n torch.matmul in the precision's dtype.
+def gemm_call(kernel: str, n: int, dtype: torch.dtype, device: str):
+    """A call computing one n×n×n matrix product (2·n³ FLOPs) with torch.matmul or as a 1×1 convolution."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    if kernel == "matmul":
+        return lambda: torch.matmul(a, b)
+    x = a.T.reshape(1, n, n, 1).contiguous(memory_format=torch.channels_last)  # 1×C×H×W with C = H = n
+    w = b.reshape(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
+    return lambda: F.conv2d(x, w)
 
-    n doubles from 256 until one call takes call_s (or n reaches max_n); each size is timed 3 times.
-    """
-    best, n = 0.0, 256
-    while True:
-        a, b = (torch.randn(n, n, device=device).to(DTYPES[precision]) for _ in range(2))
-        secs = min(timed(lambda: torch.matmul(a, b), device) for _ in range(3))
-        best = max(best, 2 * n ** 3 / secs)
-        if secs >= call_s or n >= max_n:
-            return best
-        n *= 2
+
+def gemm_rates(device: str, precision: str, max_n: int, call_s: float) -> dict[str, float]:
+    """The machine's compute limit in a precision: best FLOP/s of a square matrix product, by torch.matmul and by
+    a 1×1 convolution (the oneDNN/cuDNN route of convolutions; on CPUs without native bf16, torch.matmul falls back
+    to a slow kernel and convolutions do not). n doubles from 256 until a call takes call_s or n reaches max_n."""
+    rates = {}
+    for kernel in ("matmul", "conv1x1"):
+        n = 256
+        while True:
+            fn = gemm_call(kernel, n, DTYPES[precision], device)
+            secs = min(timed(fn, device) for _ in range(3))
+            rates[kernel] = max(rates.get(kernel, 0.0), 2 * n ** 3 / secs)
+            if secs >= call_s or n >= max_n:
+                break
+            n *= 2
+    return rates
 
 
 def train_args(a: argparse.Namespace, aggregation: str, precision: str, workers: int) -> argparse.Namespace:
@@ -326,8 +339,8 @@ def measure_cache(a, rates: dict, limits: dict, figs: dict) -> None:
         figs[f"cache.{agg}.mining_s"] = figure(mining, "s")
         figs[f"cache.{agg}.other_fraction"] = figure(max(0.0, refresh - forward) / refresh, "of refresh")
         search_ms = 1e3 * search_seconds(dim, s["cache_db"], s["cache_queries"], s["repeats"])
-        figs[f"search.{agg}"] = figure(search_ms, "ms/query",
-                                       2e3 * s["cache_db"] * dim / limits["matmul_flops_per_s"]["fp32"], rate=False)
+        fp32 = limits["matmul_flops_per_s"].get("fp32")  # faiss searches in fp32
+        figs[f"search.{agg}"] = figure(search_ms, "ms/query", fp32 and 2e3 * s["cache_db"] * dim / fp32, rate=False)
 
 
 def machine_info(device: str, allocator_tuned: bool) -> dict:
@@ -346,7 +359,8 @@ def format_table(result: dict) -> str:
     rows = [f"{m['device']} ({m['gpu'] or m['cpu']}, {m['torch_threads']} threads, {m['cpu_capability']}), torch "
             f"{m['torch']}, {c['resize'][0]}×{c['resize'][1]}, batch {c['batch']}, training step {c['queries']}×"
             f"{2 + c['negs']} images, load average {' '.join(f'{v:.2f}' for v in m['load_average'])}",
-            "limits: matmul " + ", ".join(f"{p} {v / 1e9:.3g} GFLOP/s" for p, v in lim["matmul_flops_per_s"].items())
+            "limits: " + ", ".join(f"{p} {max(r.values()) / 1e9:.3g} GFLOP/s (" + " ".join(
+                f"{k} {v / 1e9:.3g}" for k, v in r.items()) + ")" for p, r in lim["gemm_flops_per_s"].items())
             + "; forward " + ", ".join(f"{k} {v / 1e9:.3g} GFLOP/img"
                                        for k, v in lim["forward_flops_per_image"].items()),
             f"{'figure':<33} {'measured':>10} {'limit':>10}  {'unit':<12} {'of limit':>8}"]
@@ -362,8 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
     tuned = tune_allocator()
     a = parse_args(argv)
     s, figs, notes = a.size, {}, []
-    limits = {"matmul_flops_per_s": {p: matmul_rate(a.device, p, s["matmul_max"], s["matmul_call_s"])
-                                     for p in a.precisions},
+    gemm = {p: gemm_rates(a.device, p, s["matmul_max"], s["matmul_call_s"]) for p in a.precisions}
+    limits = {"matmul_flops_per_s": {p: max(r.values()) for p, r in gemm.items()}, "gemm_flops_per_s": gemm,
               "forward_flops_per_image": {}, "train_flops_per_triplet": {}}
     with tempfile.TemporaryDirectory(prefix="vg_bench_") as tmp, contextlib.redirect_stderr(io.StringIO()):
         write_world(Path(tmp), s["images"], max(1, s["images"] // 4), s["resize"])  # stderr: progress bars

@@ -72,6 +72,7 @@ def train_on_triplets(model, ds: TripletsDataset, triplets: np.ndarray, optimize
     net = model if ddp_model is None else ddp_model
     net.train()
     losses = []
+    scaler = torch.amp.GradScaler(device, enabled=args.precision == "fp16")  # fp16 gradients would underflow
     with distributed.train_rank_rng():  # per-rank augmentation streams; no-op in one process
         for it, (images, _) in enumerate(tqdm(loader, desc=f"training {where}", ncols=100, leave=False,
                                               disable=not distributed.is_main())):
@@ -88,8 +89,9 @@ def train_on_triplets(model, ds: TripletsDataset, triplets: np.ndarray, optimize
                 raise UserError(f"loss became {value} at {where}, iteration {it}; the last good checkpoint "
                                 f"is kept; lower --lr or use --precision fp32, then --resume")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             losses.append(value)
     bad = next((k for k, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), None)
     if bad is not None:  # the last step can blow up the weights although its loss was finite

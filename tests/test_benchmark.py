@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import benchmark
 from commons import UserError
@@ -24,7 +25,8 @@ def test_quick_run_writes_the_documented_json(tmp_path: Path, monkeypatch: pytes
     assert data["config"]["quick"] and data["config"]["precisions"] == ["fp32", "bf16"]
     assert data["machine"]["device"] == "cpu" and len(data["machine"]["load_average"]) == 3
     limits, figs = data["limits"], data["figures"]
-    assert set(limits["matmul_flops_per_s"]) == {"fp32", "bf16"}
+    assert set(limits["matmul_flops_per_s"]) == set(limits["gemm_flops_per_s"]) == {"fp32", "bf16"}
+    assert all(limits["matmul_flops_per_s"][p] == max(r.values()) for p, r in limits["gemm_flops_per_s"].items())
     expected = {"loader", "peak_memory"}
     for agg in ("gem", "netvlad"):
         assert limits["forward_flops_per_image"][agg] > 0 and limits["train_flops_per_triplet"][agg] > 0
@@ -68,6 +70,13 @@ def test_count_flops_equals_a_hand_count_of_the_convolutions() -> None:
     # a training step also runs the backward pass, but never through the frozen blocks' weights
     images = args.train_batch_size * (2 + args.negs_num_per_query)
     assert images * sum(total) < benchmark.count_flops(args, images, step=True) < 3 * images * sum(total)
+
+
+@pytest.mark.parametrize("kernel", ["matmul", "conv1x1"])
+def test_both_gemm_kernels_do_2_n_cubed_flops(kernel: str) -> None:
+    with FlopCounterMode(display=False) as counter:
+        benchmark.gemm_call(kernel, 64, torch.float32, "cpu")()
+    assert counter.get_total_flops() == 2 * 64 ** 3
 
 
 def test_figure_ratio_is_the_share_of_the_limit_reached() -> None:
