@@ -136,8 +136,14 @@ def _as_triplets(query_ids: np.ndarray, positives: np.ndarray, negatives: np.nda
 def mine_full(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
     """Encode the whole database and the sampled queries; hardest negatives among --neg_samples_num random
     database images plus each query's previous hard negatives."""
+    db_feats = ctx.features(np.arange(ctx.dataset.database_num), "caching database")
+    return mine_hardest(ctx, query_ids, db_feats)
+
+
+def mine_hardest(ctx: MiningContext, query_ids: np.ndarray, db_feats: torch.Tensor) -> np.ndarray:
+    """Encode the sampled queries; nearest positive and hardest negatives against database descriptors
+    db_feats (N_db×D) among --neg_samples_num random images plus each query's previous hard negatives."""
     ds, a = ctx.dataset, ctx.args
-    db_feats = ctx.features(np.arange(ds.database_num), "caching database")
     q_feats = ctx.features(ds.database_num + query_ids, "caching queries")
     positives = nearest_positive(q_feats, db_feats, ctx.positives[query_ids])
     rand = np.random.randint(0, ds.database_num, size=(len(query_ids), a.neg_samples_num))
@@ -210,11 +216,4 @@ def mine_rolling(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
     cache = getattr(ctx, "rolling_cache", None)
     if cache is None:
         cache = ctx.rolling_cache = RollingDatabaseCache(ds.database_num, getattr(a, "rolling_period", 4))
-    db_feats = cache.update(ctx)
-    q_feats = ctx.features(ds.database_num + query_ids, "caching queries")
-    positives = nearest_positive(q_feats, db_feats, ctx.positives[query_ids])
-    rand = np.random.randint(0, ds.database_num, size=(len(query_ids), a.neg_samples_num))
-    cand = np.concatenate([rand, ctx.neg_cache[query_ids]], axis=1)
-    negatives = choose_negatives(ctx, query_ids, cand, gathered_distances(q_feats, db_feats, cand))
-    ctx.neg_cache[query_ids] = negatives
-    return _as_triplets(query_ids, positives, negatives)
+    return mine_hardest(ctx, query_ids, cache.update(ctx))

@@ -1,6 +1,7 @@
 """Shared pytest fixtures: the repository root on sys.path, and small synthetic worlds."""
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -14,6 +15,16 @@ from tools.synthetic_world import generate_world  # noqa: E402
 
 TINY_SIZES = {"train": (160, 80), "val": (60, 30), "test": (80, 40)}
 E2E_SIZES = {"train": (1500, 750), "val": (200, 200), "test": (300, 300)}  # tests/test_e2e.py budget
+
+
+@pytest.fixture(autouse=True)
+def reset_logging():
+    """train.main/eval.main attach log handlers (with open files) to the root logger; drop them after each test."""
+    yield
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from network import build_model, load_model_state
 from util import check_resume_compatible, load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def reset_logging():
-    """train.main attaches log handlers to the root logger; drop them after each test."""
-    yield
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-        h.close()
 
 
 @pytest.mark.parametrize("aggregation", ["gem", "netvlad"])

@@ -32,13 +32,6 @@ E2E_FLAGS = ["--dataset_name", "synthetic", "--resize", "32", "32", "--pretrain"
 VARIANTS = {"gem": ["--aggregation", "gem"], "netvlad": ["--aggregation", "netvlad", "--netvlad_clusters", "16"]}
 
 
-@pytest.fixture(autouse=True)
-def reset_logging():
-    yield
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-        h.close()
 
 
 def untrained_recalls(args) -> dict[int, float]:
