@@ -81,7 +81,7 @@ def make_descriptors(setting: Setting, n: int, n_queries: int, seed: int,
 
 
 def _proc_kb(field: str) -> float:
-    """A VmXXX field of /proc/self/status in kB (0 where unavailable)."""
+    """A Vm* field (VmRSS, VmHWM, ...) of /proc/self/status in kB (0 where unavailable)."""
     try:
         match = re.search(rf"^{field}:\s+(\d+)", Path("/proc/self/status").read_text(), re.M)
     except OSError:
