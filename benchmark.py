@@ -3,43 +3,41 @@
 python benchmark.py [--quick] [--out bench.json] [--device cpu|cuda] [--resize 480 640]
 
 Limit of a pass = its FLOPs (FlopCounterMode) / the matmul rate in that precision (the best of a large torch.matmul
-and the same product as a 1×1 convolution, timed in this run). Extraction and training are measured end to end on JPEG files written by the run (decode, resize,
-normalize, forward: evaluation.extract_features and train.train_on_triplets) and on in-memory tensors ("model").
-A cache refresh is split into forward passes (from the measured rates), loading, and mining (mining.mine_full
-with a timed stand-in encoder). Figures are the best of --repeats runs. See docs/performance.md.
+and the same product as a 1×1 convolution, timed in this run). Extraction and training are measured end to end on
+JPEG files written by the run (decode, resize, normalize, forward: evaluation.extract_features and
+train.train_on_triplets) and on in-memory tensors ("model"). A cache refresh is split into forward passes (from the
+measured rates), loading, and mining (mining.mine_full with a timed stand-in encoder). Figures are the best of
+--repeats runs. The README's performance section lists every figure.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import os
 import resource
 import tempfile
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 import train
-from commons import UserError, autocast, prepare_model, run_cli, to_input, tune_allocator
-from datasets_ws import BaseDataset, TripletsDataset, radius_neighbors
+from benchmarks.limits import DTYPES, figure, format_table, gemm_rates, machine_info, timed
+from benchmarks.workload import TensorTriplets, mining_seconds, search_seconds, write_world
+from commons import UserError, autocast, prepare_model, run_cli, tune_allocator, uses_channels_last
+from datasets_ws import BaseDataset, TripletsDataset
 from evaluation import extract_features
-from indexing import build_index, search
 from losses import build_criterion
-from mining import MiningContext, mine_full, mine_random
+from mining import MiningContext, mine_random
 from network import build_model
 from optim import build_optimizer
 from parser import train_parser
 from util import write_json
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AGGREGATIONS = ("gem", "netvlad")
 SIZES = {  # a training step: `queries` queries × (2 + negs) images; cache_queries: queries per cache refresh;
     # warmup: run each measurement once untimed first (one-time costs: oneDNN primitives, worker start-up)
@@ -51,8 +49,6 @@ SIZES = {  # a training step: `queries` queries × (2 + negs) images; cache_quer
               "matmul_call_s": 0.02, "warmup": False},
 }
 OVERRIDES = ("images", "batch", "steps", "repeats", "num_workers", "cache_db")
-SEARCH_K = 20
-SPACING_M = 30.0  # metres between the benchmark's database images: each query has exactly one positive
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,44 +79,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise UserError(f"sizes out of range ({ {k: s[k] for k in OVERRIDES} }, --resize {s['resize']}); use "
                         f"positive values, --num_workers >= 0, --images and --cache_db above {s['negs']}")
     return a
-
-
-def timed(fn, device: str) -> float:
-    """Wall seconds of fn(), with the device synchronized before and after."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def gemm_call(kernel: str, n: int, dtype: torch.dtype, device: str):
-    """A call computing one n×n×n matrix product (2·n³ FLOPs) with torch.matmul or as a 1×1 convolution."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    if kernel == "matmul":
-        return lambda: torch.matmul(a, b)
-    x = a.T.reshape(1, n, n, 1).contiguous(memory_format=torch.channels_last)  # 1×C×H×W with C = H = n
-    w = b.reshape(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
-    return lambda: F.conv2d(x, w)
-
-
-def gemm_rates(device: str, precision: str, max_n: int, call_s: float) -> dict[str, float]:
-    """The machine's compute limit in a precision: best FLOP/s of a square matrix product, by torch.matmul and by
-    a 1×1 convolution (the oneDNN/cuDNN route of convolutions; on CPUs without native bf16, torch.matmul falls back
-    to a slow kernel and convolutions do not). n doubles from 256 until a call takes call_s or n reaches max_n."""
-    rates = {}
-    for kernel in ("matmul", "conv1x1"):
-        n = 256
-        while True:
-            fn = gemm_call(kernel, n, DTYPES[precision], device)
-            secs = min(timed(fn, device) for _ in range(3))
-            rates[kernel] = max(rates.get(kernel, 0.0), 2 * n ** 3 / secs)
-            if secs >= call_s or n >= max_n:
-                break
-            n *= 2
-    return rates
 
 
 def train_args(a: argparse.Namespace, aggregation: str, precision: str, workers: int) -> argparse.Namespace:
@@ -155,37 +113,6 @@ def count_flops(args, images: int, step: bool) -> int:
     return counter.get_total_flops()
 
 
-def write_world(root: Path, n_db: int, n_q: int, resize: tuple[int, int]) -> None:
-    """Dataset 'bench' (split train, datasets_vg layout) of JPEGs at resize: crops of a synthetic map."""
-    from tools.synthetic_world import make_map, to_uint8
-    h, w = resize
-    world = to_uint8(make_map(2 * max(h, w), seed=0)[None])[0].numpy()  # M×M×3 uint8
-    rng = np.random.default_rng(0)
-    for kind, n, offset in (("database", n_db, 0.0), ("queries", n_q, 1.0)):
-        folder = root / "bench" / "images" / "train" / kind
-        folder.mkdir(parents=True)
-        for i in range(n):
-            y, x = rng.integers(0, world.shape[0] - h + 1), rng.integers(0, world.shape[1] - w + 1)
-            name = f"@{500000 + SPACING_M * i + offset:.2f}@{4400000:.2f}@bench@{kind}@{i:05d}@.jpg"
-            Image.fromarray(world[y:y + h, x:x + w]).save(folder / name, quality=90)
-
-
-class TensorTriplets(Dataset):
-    """Stand-in for TripletsDataset without files: every item is the same in-memory (2+K)×3×H×W tensor."""
-
-    def __init__(self, images: torch.Tensor):
-        self.images, self.triplets = images, np.zeros((0, 2), dtype=np.int64)
-
-    def set_triplets(self, triplets: np.ndarray) -> None:
-        self.triplets = triplets
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images, torch.from_numpy(self.triplets[i])
-
-    def __len__(self) -> int:
-        return len(self.triplets)
-
-
 def train_rate(model, ds, make_triplets, args, device: str, s: dict) -> float:
     """Triplets/s (query × negative pairs) of train.train_on_triplets over s["steps"] steps.
 
@@ -205,16 +132,17 @@ def train_rate(model, ds, make_triplets, args, device: str, s: dict) -> float:
 
 
 @torch.no_grad()
-def model_rate(model, args, device: str, n: int, s: dict, channels_last: bool = False) -> float:
-    """Images/s of the model alone: ceil(n / batch) in-memory batches, run as extract_features' loop runs them."""
+def model_rate(model, args, device: str, n: int, s: dict, channels_last: bool) -> float:
+    """Images/s of the model alone: ceil(n / batch) in-memory batches B×3×H×W in the given memory format (the
+    model's weights must be in the same format), run as extract_features' loop runs them."""
     batch = args.infer_batch_size
     model.eval()
-    x = torch.randn(batch, 3, *args.resize)
-    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, *args.resize).contiguous(memory_format=fmt).to(device)
 
     def forward() -> np.ndarray:
         with autocast(device, args.precision):
-            return model(to_input(x, device, args.precision)).float().cpu().numpy()
+            return model(x).float().cpu().numpy()
     if s["warmup"]:
         forward()
     batches = -(-n // batch)
@@ -222,9 +150,9 @@ def model_rate(model, args, device: str, n: int, s: dict, channels_last: bool = 
                                  for _ in range(s["repeats"]))
 
 
-def extract_rate(model, ds, args, device: str, s: dict) -> float:
-    """Images/s of evaluation.extract_features over all of ds (JPEG files to descriptors)."""
-    extract = lambda ids: extract_features(model, ds, ids, args.infer_batch_size, args.num_workers, device,  # noqa
+def extract_rate(model, ds, args, device: str, s: dict, workers: int) -> float:
+    """Images/s of evaluation.extract_features over all of ds (JPEG files to descriptors), `workers` loader workers."""
+    extract = lambda ids: extract_features(model, ds, ids, args.infer_batch_size, workers, device,  # noqa: E731
                                            args.precision)
     if s["warmup"]:
         extract(range(min(args.infer_batch_size, len(ds))))
@@ -235,44 +163,6 @@ def loader_rate(ds, device: str, s: dict) -> float:
     """Images/s of the data loader alone (JPEG decode, resize, normalize, collate), built as extract_features does."""
     loader = DataLoader(ds, batch_size=s["batch"], num_workers=s["num_workers"], pin_memory=device == "cuda")
     return len(ds) / min(timed(lambda: [None for _ in loader], "cpu") for _ in range(s["repeats"]))
-
-
-def mining_seconds(dim: int, n_db: int, n_q: int, args) -> float:
-    """Seconds of a mining.mine_full refresh minus its encoder (a timed stand-in giving random descriptors),
-    n_db database images at ~20 soft positives per query; the second of two refreshes (negative cache filled)."""
-    rng = np.random.default_rng(0)
-    db = rng.uniform(0, np.sqrt(n_db * 100.0), (n_db, 2))
-    q = db[rng.integers(0, n_db, n_q)] + rng.normal(0, 3.0, (n_q, 2))
-    ds = SimpleNamespace(database_num=n_db, positives_per_query=radius_neighbors(db, q, 10.0),
-                         soft_positives_per_query=radius_neighbors(db, q, 25.0))
-    query_ids = np.array([i for i, p in enumerate(ds.positives_per_query) if len(p)])
-    encode_s = 0.0
-
-    def encode(indices: np.ndarray, desc: str) -> np.ndarray:
-        nonlocal encode_s
-        start = time.perf_counter()
-        f = rng.standard_normal((len(indices), dim), dtype=np.float32)
-        f /= np.linalg.norm(f, axis=1, keepdims=True)
-        encode_s += time.perf_counter() - start
-        return f
-    ctx = MiningContext(None, ds, args, "cpu", np.full((n_q, args.negs_num_per_query), -1), encode=encode)
-    mine_full(ctx, query_ids)
-    encode_s = 0.0
-    return timed(lambda: mine_full(ctx, query_ids), "cpu") - encode_s
-
-
-def search_seconds(dim: int, n_db: int, n_q: int, repeats: int) -> float:
-    """Seconds per query of an exact faiss search (indexing.search, k=SEARCH_K) over n_db random descriptors."""
-    rng = np.random.default_rng(1)
-    index = build_index(rng.standard_normal((n_db, dim), dtype=np.float32), "flat")
-    q = rng.standard_normal((n_q, dim), dtype=np.float32)
-    return min(timed(lambda: search(index, q, SEARCH_K), "cpu") for _ in range(repeats)) / n_q
-
-
-def figure(value: float, unit: str, limit: float | None = None, rate: bool = True) -> dict:
-    """One figure; ratio = share of the limit reached (value/limit for rates, limit/value for durations)."""
-    ratio = None if not limit else (value / limit if rate else limit / value)
-    return {"value": float(value), "unit": unit, "limit": None if limit is None else float(limit), "ratio": ratio}
 
 
 def measure_models(a, root: Path, limits: dict, figs: dict, notes: list) -> dict[str, dict[str, dict]]:
@@ -288,6 +178,10 @@ def measure_models(a, root: Path, limits: dict, figs: dict, notes: list) -> dict
             s["queries"] * s["negs"])
         rates[agg] = {prec: measure_model(a, agg, prec, ds, tds, limits, figs) for prec in a.precisions}
         for prec, r in rates[agg].items():
+            if r.get("extract_inline", 0.0) > r["extract"]:
+                notes.append(f"extract.{agg}.{prec}: loading in the main process is faster on this machine "
+                             f"({r['extract_inline']:.3g} vs {r['extract']:.3g} img/s with {s['num_workers']} "
+                             f"workers): the workers take cores from the model; use --num_workers 0")
             if loader < r["model"]:
                 notes.append(f"extract.{agg}.{prec} is loader-bound: the loader gives {loader:.3g} img/s, the model "
                              f"takes {r['model']:.3g}; raise --num_workers or lower --resize")
@@ -298,42 +192,52 @@ def measure_models(a, root: Path, limits: dict, figs: dict, notes: list) -> dict
 
 
 def measure_model(a, agg: str, prec: str, ds, tds, limits: dict, figs: dict) -> dict[str, float]:
-    """Extraction and training rates of one aggregation in one precision, end to end and of the model alone."""
+    """Extraction and training rates of one aggregation in one precision, end to end and of the model alone.
+
+    Also, side by side: the model in the other memory layout than prepare_model's (fp32), and extraction with
+    loading in the main process (`extract_inline`, when --num_workers > 0)."""
     s = a.size
     args, mem_args = train_args(a, agg, prec, s["num_workers"]), train_args(a, agg, prec, 0)
     torch.manual_seed(0)
     model = make_model(args, a.device)
-    r = {"model": model_rate(model, args, a.device, len(ds), s), "extract": extract_rate(model, ds, args, a.device, s)}
+    cl = uses_channels_last(a.device, prec)
+    r = {"model": model_rate(model, args, a.device, len(ds), s, cl),
+         "extract": extract_rate(model, ds, args, a.device, s, s["num_workers"])}
+    if s["num_workers"] > 0:
+        r["extract_inline"] = extract_rate(model, ds, args, a.device, s, 0)
     ctx = MiningContext(model, tds, args, a.device, np.full((len(tds.queries_paths), s["negs"]), -1))
     pick = lambda n: mine_random(ctx, np.random.randint(0, len(tds.queries_paths), n))  # noqa: E731
     r["train"] = train_rate(model, tds, pick, args, a.device, s)
     mem = TensorTriplets(torch.randn(2 + s["negs"], 3, *s["resize"]))
     zeros = lambda n: np.zeros((n, 2 + s["negs"]), dtype=np.int64)  # noqa: E731
     r["train_model"] = train_rate(model, mem, zeros, mem_args, a.device, s)
+    if prec == "fp32":
+        other = copy.deepcopy(model).to(memory_format=torch.contiguous_format if cl else torch.channels_last)
+        r["model_nchw" if cl else "model_channels_last"] = model_rate(other, args, a.device, len(ds), s, not cl)
     key, mm = f"{agg}.{prec}", limits["matmul_flops_per_s"][prec]
     per_img, per_triplet = limits["forward_flops_per_image"][agg], limits["train_flops_per_triplet"][agg]
-    for name, unit, flops in (("extract", "img/s", per_img), ("model", "img/s", per_img),
-                              ("train", "triplets/s", per_triplet), ("train_model", "triplets/s", per_triplet)):
-        figs[f"{name}.{key}"] = figure(r[name], unit, mm / flops)
-    if prec == "fp32":  # would channels_last (prepare_model uses it for bf16/fp16 only) help fp32 too?
-        cl = model_rate(model.to(memory_format=torch.channels_last), args, a.device, len(ds), s, channels_last=True)
-        figs[f"model_channels_last.{key}"] = figure(cl, "img/s", mm / per_img)
+    for name, rate in r.items():
+        unit, flops = ("triplets/s", per_triplet) if name.startswith("train") else ("img/s", per_img)
+        figs[f"{name}.{key}"] = figure(rate, unit, mm / flops)
     return r
 
 
 def measure_cache(a, rates: dict, limits: dict, figs: dict) -> None:
-    """Cache refresh (forward / loading / mining split, at the fastest precision) and faiss search, per aggregation."""
+    """Cache refresh (forward / loading / mining split, at the fastest precision and way of loading) and faiss search,
+    per aggregation."""
     s = a.size
     n = s["cache_db"] + s["cache_queries"]
     for agg, by_prec in rates.items():
-        prec = max(by_prec, key=lambda p: by_prec[p]["extract"])
+        extract = {p: max(r["extract"], r.get("extract_inline", 0.0)) for p, r in by_prec.items()}
+        prec = max(extract, key=extract.get)  # the fastest precision, with the faster way of loading
+        workers = 0 if by_prec[prec].get("extract_inline", 0.0) > by_prec[prec]["extract"] else s["num_workers"]
         args = train_args(a, agg, prec, 0)
         dim = build_model(args).out_dim
         mining = mining_seconds(dim, s["cache_db"], s["cache_queries"], args)
-        forward, encode = n / by_prec[prec]["model"], n / by_prec[prec]["extract"]
+        forward, encode = n / by_prec[prec]["model"], n / extract[prec]
         refresh = encode + mining
         limit = n * limits["forward_flops_per_image"][agg] / limits["matmul_flops_per_s"][prec]
-        figs[f"cache.{agg}.refresh_s"] = figure(refresh, f"s ({prec})", limit, rate=False)
+        figs[f"cache.{agg}.refresh_s"] = figure(refresh, f"s ({prec}, {workers}w)", limit, rate=False)
         figs[f"cache.{agg}.forward_s"] = figure(forward, "s", limit, rate=False)
         figs[f"cache.{agg}.loading_s"] = figure(max(0.0, encode - forward), "s")
         figs[f"cache.{agg}.mining_s"] = figure(mining, "s")
@@ -341,34 +245,6 @@ def measure_cache(a, rates: dict, limits: dict, figs: dict) -> None:
         search_ms = 1e3 * search_seconds(dim, s["cache_db"], s["cache_queries"], s["repeats"])
         fp32 = limits["matmul_flops_per_s"].get("fp32")  # faiss searches in fp32
         figs[f"search.{agg}"] = figure(search_ms, "ms/query", fp32 and 2e3 * s["cache_db"] * dim / fp32, rate=False)
-
-
-def machine_info(device: str, allocator_tuned: bool) -> dict:
-    """What the figures were measured on, including the load average at the end of the run."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    return {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-            "cpu": next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), ""),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "allocator_tuned": allocator_tuned, "load_average": list(os.getloadavg())}
-
-
-def format_table(result: dict) -> str:
-    """The printed table: figure, measured value, limit, share of the limit; then the notes."""
-    m, c, lim = result["machine"], result["config"], result["limits"]
-    rows = [f"{m['device']} ({m['gpu'] or m['cpu']}, {m['torch_threads']} threads, {m['cpu_capability']}), torch "
-            f"{m['torch']}, {c['resize'][0]}×{c['resize'][1]}, batch {c['batch']}, training step {c['queries']}×"
-            f"{2 + c['negs']} images, load average {' '.join(f'{v:.2f}' for v in m['load_average'])}",
-            "limits: " + ", ".join(f"{p} {max(r.values()) / 1e9:.3g} GFLOP/s (" + " ".join(
-                f"{k} {v / 1e9:.3g}" for k, v in r.items()) + ")" for p, r in lim["gemm_flops_per_s"].items())
-            + "; forward " + ", ".join(f"{k} {v / 1e9:.3g} GFLOP/img"
-                                       for k, v in lim["forward_flops_per_image"].items()),
-            f"{'figure':<33} {'measured':>10} {'limit':>10}  {'unit':<12} {'of limit':>8}"]
-    for name, f in result["figures"].items():
-        limit = "-" if f["limit"] is None else f"{f['limit']:.4g}"
-        ratio = "-" if f["ratio"] is None else f"{100 * f['ratio']:.1f}%"
-        rows.append(f"{name:<33} {f['value']:>10.4g} {limit:>10}  {f['unit']:<12} {ratio:>8}")
-    return "\n".join(rows + [f"note: {n}" for n in result["notes"]])
 
 
 def main(argv: list[str] | None = None) -> dict:

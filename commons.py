@@ -151,15 +151,25 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type=device, dtype=dtype)
 
 
+def uses_channels_last(device: str, precision: str) -> bool:
+    """Whether convolutions run in channels_last (B×H×W×C in memory) for this device and precision.
+
+    Always on a CPU: oneDNN's kernels want it, and fp32 gains too (ResNet-18 at 480×640 on an AVX2 CPU: max-pool
+    ~6× faster, forward ~25 % and training step ~45 % faster; see benchmark.py's model_nchw figure). On CUDA only
+    in reduced precision, where tensor cores want it.
+    """
+    return device == "cpu" or precision != "fp32"
+
+
 def prepare_model(model: torch.nn.Module, device: str, precision: str) -> torch.nn.Module:
-    """Move the model to device; use channels_last memory format in reduced precision, where it helps."""
+    """Move the model to device, in channels_last memory format where `uses_channels_last`."""
     model = model.to(device)
-    if precision != "fp32":
+    if uses_channels_last(device, precision):
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
 def to_input(images: torch.Tensor, device: str, precision: str) -> torch.Tensor:
-    """Move an image batch B×3×H×W to device, channels_last in reduced precision."""
+    """Move an image batch B×3×H×W to device, in channels_last memory format where `uses_channels_last`."""
     images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if precision != "fp32" else images
+    return images.contiguous(memory_format=torch.channels_last) if uses_channels_last(device, precision) else images

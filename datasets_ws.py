@@ -162,7 +162,18 @@ def build_resize(resize: tuple[int, int]) -> T.Compose:
     return T.Compose([T.ToImage(), T.Resize(list(resize), antialias=True)])
 
 
-NORMALIZE = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+_SCALE = 1 / (255 * torch.tensor(IMAGENET_STD).view(3, 1, 1))  # uint8 → ImageNet-normalized float in one pass:
+_SHIFT = -torch.tensor(IMAGENET_MEAN).view(3, 1, 1) / torch.tensor(IMAGENET_STD).view(3, 1, 1)  # x·scale + shift
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """uint8 image 3×H×W (or B×3×H×W) → float32 (x/255 − mean)/std.
+
+    Same values as ToDtype(scale=True) + Normalize up to rounding, ~4× cheaper: one multiply-add over the pixels
+    (at 480×640 ~1.5 ms of one core instead of ~5, most of the loader's time after the JPEG decode).
+    """
+    return torch.mul(image, _SCALE).add_(_SHIFT)
+
 
 
 DRAFT_MARGIN = 2  # JPEG draft decoding keeps at least this × the target size, so the final resize still antialiases
@@ -227,7 +238,7 @@ class BaseDataset(data.Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """Image index (database first, then queries) as a normalized float 3×H×W tensor."""
-        return NORMALIZE(self.load_uint8(index))
+        return normalize(self.load_uint8(index))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.load(index), index
@@ -296,7 +307,7 @@ class TripletsDataset(BaseDataset):
         images = [self.load_uint8(i) for i in ids]
         if self.augmentation is not None:  # callable(uint8 3×H×W, is_query) -> uint8 3×H×W
             images = [self.augmentation(img, j == 0) for j, img in enumerate(images)]
-        return torch.stack([NORMALIZE(img) for img in images]), torch.tensor(ids)
+        return torch.stack([normalize(img) for img in images]), torch.tensor(ids)
 
     def __len__(self) -> int:
         return len(self.triplets)

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils import data
 
 from commons import UserError
-from datasets_ws import NORMALIZE, open_image
+from datasets_ws import normalize, open_image
 from evaluation import EvalResult, evaluate_descriptors, extract_features, test
 from indexing import search
 
@@ -92,12 +92,12 @@ class CropsEncoder(nn.Module):
 # ------------------------------------------------------------------------------------- query transforms
 def hard_resize(size: tuple[int, int]) -> Callable:
     """PIL image → normalized 3×H×W at exactly `size` (what the database gets)."""
-    return T.Compose([T.ToImage(), T.Resize(list(size), antialias=True), NORMALIZE])
+    return T.Compose([T.ToImage(), T.Resize(list(size), antialias=True), normalize])
 
 
 def original_size(size: tuple[int, int]) -> Callable:
     """PIL image → normalized 3×H×W at its own size."""
-    return T.Compose([T.ToImage(), NORMALIZE])
+    return T.Compose([T.ToImage(), normalize])
 
 
 def central_crop(size: tuple[int, int]) -> Callable:
@@ -107,7 +107,7 @@ def central_crop(size: tuple[int, int]) -> Callable:
         scale = max(size[0] / x.shape[-2], size[1] / x.shape[-1])
         x = TF.resize(x, [max(size[0], round(x.shape[-2] * scale)), max(size[1], round(x.shape[-1] * scale))],
                       antialias=True)
-        return NORMALIZE(TF.center_crop(x, list(size)))
+        return normalize(TF.center_crop(x, list(size)))
     return fn
 
 
@@ -116,7 +116,7 @@ def five_crops(size: tuple[int, int]) -> Callable:
     side = min(size)
 
     def fn(img) -> torch.Tensor:
-        x = NORMALIZE(TF.resize(TF.to_image(img), [side], antialias=True))
+        x = normalize(TF.resize(TF.to_image(img), [side], antialias=True))
         return torch.cat(TF.five_crop(x, [side, side]), dim=0)
     return fn
 

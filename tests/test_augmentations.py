@@ -9,7 +9,7 @@ import torch
 
 from augmentations import build_augmentation
 from commons import UserError
-from datasets_ws import NORMALIZE, TripletsDataset
+from datasets_ws import normalize, TripletsDataset
 from parser import parse_train_args, train_parser
 
 H, W = 32, 40
@@ -139,7 +139,7 @@ def triplets_ds(world, augmentation):
 def plain_item(ds, index: int) -> torch.Tensor:
     """The un-augmented (2+K)×3×H×W images of triplet `index`."""
     q, *db = ds.triplets[index].tolist()
-    return torch.stack([NORMALIZE(ds.load_uint8(i)) for i in [ds.database_num + q, *db]])
+    return torch.stack([normalize(ds.load_uint8(i)) for i in [ds.database_num + q, *db]])
 
 
 def test_triplets_dataset_augments_only_what_the_flags_say(tiny_world):

@@ -9,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import benchmark
+from benchmarks.limits import figure, gemm_call
 from commons import UserError
 
 RATE_FIGURES = ("extract", "model", "train", "train_model")
@@ -31,7 +32,7 @@ def test_quick_run_writes_the_documented_json(tmp_path: Path, monkeypatch: pytes
     for agg in ("gem", "netvlad"):
         assert limits["forward_flops_per_image"][agg] > 0 and limits["train_flops_per_triplet"][agg] > 0
         expected |= {f"cache.{agg}.{k}" for k in CACHE_FIGURES}
-        expected |= {f"search.{agg}", f"model_channels_last.{agg}.fp32"}
+        expected |= {f"search.{agg}", f"model_nchw.{agg}.fp32"}  # CPU: prepare_model uses channels_last
         for prec in ("fp32", "bf16"):
             expected |= {f"{k}.{agg}.{prec}" for k in RATE_FIGURES}
             # limit = matmul rate / FLOPs per item, ratio = measured / limit
@@ -75,14 +76,14 @@ def test_count_flops_equals_a_hand_count_of_the_convolutions() -> None:
 @pytest.mark.parametrize("kernel", ["matmul", "conv1x1"])
 def test_both_gemm_kernels_do_2_n_cubed_flops(kernel: str) -> None:
     with FlopCounterMode(display=False) as counter:
-        benchmark.gemm_call(kernel, 64, torch.float32, "cpu")()
+        gemm_call(kernel, 64, torch.float32, "cpu")()
     assert counter.get_total_flops() == 2 * 64 ** 3
 
 
 def test_figure_ratio_is_the_share_of_the_limit_reached() -> None:
-    assert benchmark.figure(30.0, "img/s", 40.0)["ratio"] == pytest.approx(0.75)
-    assert benchmark.figure(8.0, "s", 6.0, rate=False)["ratio"] == pytest.approx(0.75)
-    assert benchmark.figure(1.0, "img/s")["ratio"] is None
+    assert figure(30.0, "img/s", 40.0)["ratio"] == pytest.approx(0.75)
+    assert figure(8.0, "s", 6.0, rate=False)["ratio"] == pytest.approx(0.75)
+    assert figure(1.0, "img/s")["ratio"] is None
 
 
 @pytest.mark.parametrize("flags", [["--precisions", "fp16", "--device", "cpu"], ["--quick", "--images", "0"],
@@ -91,3 +92,19 @@ def test_bad_flags_are_one_line_user_errors(flags: list[str]) -> None:
     with pytest.raises(UserError) as e:
         benchmark.parse_args(flags)
     assert "\n" not in str(e.value)
+
+
+def test_workers_run_adds_inline_extraction_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --num_workers > 0, extraction is also measured with loading in the main process, the refresh uses the
+    faster of the two, and a note says so when the main process is faster."""
+    monkeypatch.chdir(tmp_path)
+    data = benchmark.main(["--quick", "--device", "cpu", "--precisions", "fp32", "--aggregations", "gem",
+                           "--num_workers", "1"])
+    figs, s = data["figures"], data["config"]
+    inline, workers = figs["extract_inline.gem.fp32"]["value"], figs["extract.gem.fp32"]["value"]
+    n = s["cache_db"] + s["cache_queries"]
+    refresh = figs["cache.gem.refresh_s"]["value"] - figs["cache.gem.mining_s"]["value"]
+    assert refresh == pytest.approx(n / max(inline, workers))
+    assert (inline > workers) == any(note.startswith("extract.gem.fp32: loading in the main process")
+                                     for note in data["notes"])
+    assert figs["cache.gem.refresh_s"]["unit"] == f"s (fp32, {0 if inline > workers else 1}w)"

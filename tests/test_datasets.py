@@ -5,10 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from commons import UserError
-from datasets_ws import BaseDataset, TripletsDataset, parse_utm
+from datasets_ws import BaseDataset, TripletsDataset, normalize, parse_utm
 
 
 def write_image(path: Path, value: int = 128, size: int = 16) -> None:
@@ -131,3 +132,17 @@ def test_no_train_positive_at_all_is_an_error(tmp_path: Path) -> None:
     root = make_dataset(tmp_path, [(0.0, 0.0)], [(50.0, 0.0)])
     with pytest.raises(UserError, match="train_positives_dist_threshold"):
         TripletsDataset(root, "toy", "train")
+
+
+# ---------------------------------------------------------------- normalization
+
+
+def test_normalize_is_imagenet_standardization() -> None:
+    image = torch.tensor([[[0, 255]], [[128, 64]], [[1, 200]]], dtype=torch.uint8)  # 3×1×2
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = torch.tensor([[[(v / 255 - mean[c]) / std[c] for v in row] for row in image[c].tolist()]
+                             for c in range(3)], dtype=torch.float32)  # by hand, per pixel
+    assert torch.allclose(normalize(image), expected, atol=1e-6)
+    assert normalize(image).dtype == torch.float32 and image.dtype == torch.uint8  # the input is not touched
+    batch = torch.stack([image, 255 - image])  # 2×3×1×2
+    assert torch.allclose(normalize(batch)[1], normalize(255 - image))

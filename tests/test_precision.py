@@ -17,6 +17,7 @@ import train
 from commons import autocast, prepare_model, to_input
 from conftest import tiny_train_flags
 from datasets_ws import build_resize, open_image
+from aggregations import AGGREGATIONS
 from network import GeoLocalizationNet
 from tools.synthetic_world import make_map, to_uint8
 
@@ -47,21 +48,36 @@ def test_bf16_autocast_descriptors_match_fp32(aggregation: str) -> None:
     assert torch.equal((fast @ ref.T).argmax(1), torch.arange(len(x)))
 
 
-@pytest.mark.parametrize("aggregation", ["gem", "netvlad"])
-def test_channels_last_gives_the_same_descriptors(aggregation: str) -> None:
-    model, x = random_model(aggregation), smooth_images(2, 64)
-    with torch.no_grad():
-        ref = model(x)
-        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+@pytest.mark.parametrize("arch", [("resnet18conv4", agg, "none") for agg in sorted(set(AGGREGATIONS) - {"cls"})]
+                         + [("resnet18conv4", "gem", "cbam"), ("vgg16", "netvlad", "none")])
+def test_channels_last_gives_the_same_descriptors_and_gradients(arch: tuple[str, str, str]) -> None:
+    """The CPU path runs every model in channels_last: same descriptors and gradients as NCHW (train mode)."""
+    backbone, aggregation, attention = arch
+    torch.manual_seed(0)
+    model = GeoLocalizationNet(backbone, aggregation, netvlad_clusters=8, attention=attention).train()
+    x = smooth_images(3, 64)
+    results = []
+    for net, inp in ((model, x), (prepare_model(copy.deepcopy(model), "cpu", "fp32"), to_input(x, "cpu", "fp32"))):
+        desc = net(inp)  # B×D
+        (desc[:, :7] ** 2).sum().backward()
+        results.append((desc.detach(), {k: p.grad for k, p in net.named_parameters() if p.grad is not None}))
+    (ref, ref_grads), (cl, cl_grads) = results
     assert torch.allclose(cl, ref, atol=1e-5)
+    assert ref_grads.keys() == cl_grads.keys() and len(ref_grads) > 0
+    scale = max(g.norm() for g in ref_grads.values())  # some gradients are ~0 (a bias before a normalization)
+    for k, g in ref_grads.items():  # fp32 sums in another order: equal up to rounding
+        assert (cl_grads[k] - g).norm() <= 1e-2 * g.norm() + 1e-4 * scale, k
 
 
-def test_reduced_precision_uses_channels_last_fp32_does_not() -> None:
+def test_channels_last_on_cpu_always_on_cuda_in_reduced_precision() -> None:
     x = torch.zeros(1, 3, 8, 8)
-    assert to_input(x, "cpu", "bf16").is_contiguous(memory_format=torch.channels_last)
-    assert to_input(x, "cpu", "fp32").is_contiguous()
-    model = prepare_model(torch.nn.Conv2d(3, 4, 3), "cpu", "bf16")
-    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    for precision in ("fp32", "bf16"):
+        assert to_input(x, "cpu", precision).is_contiguous(memory_format=torch.channels_last)
+        model = prepare_model(torch.nn.Conv2d(3, 4, 3), "cpu", precision)
+        assert model.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous(memory_format=torch.channels_last)  # the check above is not vacuous
+    assert commons.uses_channels_last("cuda", "fp16") and commons.uses_channels_last("cuda", "bf16")
+    assert not commons.uses_channels_last("cuda", "fp32")
     assert type(autocast("cpu", "bf16")) is torch.autocast and type(autocast("cpu", "fp32")) is not torch.autocast
 
 

@@ -1,0 +1,83 @@
+"""The machine's limits and the report of benchmark.py: timing, matmul rates per precision, figures, the table."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def timed(fn, device: str) -> float:
+    """Wall seconds of fn(), with the device synchronized before and after."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def gemm_call(kernel: str, n: int, dtype: torch.dtype, device: str):
+    """A call computing one n×n×n matrix product (2·n³ FLOPs) with torch.matmul or as a 1×1 convolution."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    if kernel == "matmul":
+        return lambda: torch.matmul(a, b)
+    x = a.T.reshape(1, n, n, 1).contiguous(memory_format=torch.channels_last)  # 1×C×H×W with C = H = n
+    w = b.reshape(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
+    return lambda: F.conv2d(x, w)
+
+
+def gemm_rates(device: str, precision: str, max_n: int, call_s: float) -> dict[str, float]:
+    """The machine's compute limit in a precision: best FLOP/s of a square matrix product, by torch.matmul and by
+    a 1×1 convolution (the oneDNN/cuDNN route of convolutions; on CPUs without native bf16, torch.matmul falls back
+    to a slow kernel and convolutions do not). n doubles from 256 until a call takes call_s or n reaches max_n."""
+    rates = {}
+    for kernel in ("matmul", "conv1x1"):
+        n = 256
+        while True:
+            fn = gemm_call(kernel, n, DTYPES[precision], device)
+            secs = min(timed(fn, device) for _ in range(3))
+            rates[kernel] = max(rates.get(kernel, 0.0), 2 * n ** 3 / secs)
+            if secs >= call_s or n >= max_n:
+                break
+            n *= 2
+    return rates
+
+
+def figure(value: float, unit: str, limit: float | None = None, rate: bool = True) -> dict:
+    """One figure; ratio = share of the limit reached (value/limit for rates, limit/value for durations)."""
+    ratio = None if not limit else (value / limit if rate else limit / value)
+    return {"value": float(value), "unit": unit, "limit": None if limit is None else float(limit), "ratio": ratio}
+
+
+def machine_info(device: str, allocator_tuned: bool) -> dict:
+    """What the figures were measured on, including the load average at the end of the run."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    return {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+            "cpu": next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), ""),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "allocator_tuned": allocator_tuned, "load_average": list(os.getloadavg())}
+
+
+def format_table(result: dict) -> str:
+    """The printed table: figure, measured value, limit, share of the limit; then the notes."""
+    m, c, lim = result["machine"], result["config"], result["limits"]
+    rows = [f"{m['device']} ({m['gpu'] or m['cpu']}, {m['torch_threads']} threads, {m['cpu_capability']}), torch "
+            f"{m['torch']}, {c['resize'][0]}×{c['resize'][1]}, batch {c['batch']}, training step {c['queries']}×"
+            f"{2 + c['negs']} images, load average {' '.join(f'{v:.2f}' for v in m['load_average'])}",
+            "limits: " + ", ".join(f"{p} {max(r.values()) / 1e9:.3g} GFLOP/s (" + " ".join(
+                f"{k} {v / 1e9:.3g}" for k, v in r.items()) + ")" for p, r in lim["gemm_flops_per_s"].items())
+            + "; forward " + ", ".join(f"{k} {v / 1e9:.3g} GFLOP/img"
+                                       for k, v in lim["forward_flops_per_image"].items()),
+            f"{'figure':<33} {'measured':>10} {'limit':>10}  {'unit':<12} {'of limit':>8}"]
+    for name, f in result["figures"].items():
+        limit = "-" if f["limit"] is None else f"{f['limit']:.4g}"
+        ratio = "-" if f["ratio"] is None else f"{100 * f['ratio']:.1f}%"
+        rows.append(f"{name:<33} {f['value']:>10.4g} {limit:>10}  {f['unit']:<12} {ratio:>8}")
+    return "\n".join(rows + [f"note: {n}" for n in result["notes"]])
