@@ -19,6 +19,7 @@ import os
 import resource
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 import train
-from benchmarks.limits import DTYPES, figure, format_table, gemm_rates, machine_info, timed
+from benchmarks.limits import DTYPES, LimitSampler, figure, format_table, machine_info, timed
 from benchmarks.workload import TensorTriplets, mining_seconds, search_seconds, write_world
 from commons import UserError, autocast, prepare_model, run_cli, tune_allocator, uses_channels_last
 from datasets_ws import BaseDataset, TripletsDataset
@@ -113,50 +114,62 @@ def count_flops(args, images: int, step: bool) -> int:
     return counter.get_total_flops()
 
 
-def train_rate(model, ds, make_triplets, args, device: str, s: dict) -> float:
-    """Triplets/s (query × negative pairs) of train.train_on_triplets over s["steps"] steps.
-
-    make_triplets(n) gives n triplets n×(2+K) of ds.
-    """
+def train_run(model, ds, make_triplets, args, device: str, s: dict) -> Callable[[bool], float]:
+    """run(warmup) → triplets/s (query × negative pairs) of train.train_on_triplets over s["steps"] steps (1 step
+    when warming up). make_triplets(n) gives n triplets n×(2+K) of ds."""
     optimizer = build_optimizer(train.param_groups(model, args), args)
     criterion = build_criterion(args.criterion, args.margin)
 
-    def run(n_steps: int) -> float:
-        triplets = make_triplets(n_steps * args.train_batch_size)
-        return timed(lambda: train.train_on_triplets(model, ds, triplets, optimizer, criterion, args, device,
-                                                     "benchmark"), device)
-    if s["warmup"]:
-        run(1)
-    return s["steps"] * args.train_batch_size * args.negs_num_per_query / min(run(s["steps"])
-                                                                              for _ in range(s["repeats"]))
+    def run(warmup: bool) -> float:
+        steps = 1 if warmup else s["steps"]
+        triplets = make_triplets(steps * args.train_batch_size)
+        return steps * args.train_batch_size * args.negs_num_per_query / timed(
+            lambda: train.train_on_triplets(model, ds, triplets, optimizer, criterion, args, device, "benchmark"),
+            device)
+    return run
 
 
-@torch.no_grad()
-def model_rate(model, args, device: str, n: int, s: dict, channels_last: bool) -> float:
-    """Images/s of the model alone: ceil(n / batch) in-memory batches B×3×H×W in the given memory format (the
-    model's weights must be in the same format), run as extract_features' loop runs them."""
+def model_run(model, args, device: str, n: int, channels_last: bool) -> Callable[[bool], float]:
+    """run(warmup) → images/s of the model alone: ceil(n / batch) in-memory batches B×3×H×W in the given memory
+    format (the model's weights must be in the same format), as extract_features' loop runs them."""
     batch = args.infer_batch_size
-    model.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, *args.resize).contiguous(memory_format=fmt).to(device)
 
+    @torch.no_grad()
     def forward() -> np.ndarray:
         with autocast(device, args.precision):
             return model(x).float().cpu().numpy()
-    if s["warmup"]:
-        forward()
-    batches = -(-n // batch)
-    return batches * batch / min(timed(lambda: [forward() for _ in range(batches)], device)
-                                 for _ in range(s["repeats"]))
+
+    def run(warmup: bool) -> float:
+        model.eval()
+        batches = 1 if warmup else -(-n // batch)
+        return batches * batch / timed(lambda: [forward() for _ in range(batches)], device)
+    return run
 
 
-def extract_rate(model, ds, args, device: str, s: dict, workers: int) -> float:
-    """Images/s of evaluation.extract_features over all of ds (JPEG files to descriptors), `workers` loader workers."""
-    extract = lambda ids: extract_features(model, ds, ids, args.infer_batch_size, workers, device,  # noqa: E731
-                                           args.precision)
+def extract_run(model, ds, args, device: str, workers: int) -> Callable[[bool], float]:
+    """run(warmup) → images/s of evaluation.extract_features over all of ds (one batch when warming up): JPEG
+    files to descriptors with `workers` loader workers."""
+    def run(warmup: bool) -> float:
+        n = min(args.infer_batch_size, len(ds)) if warmup else len(ds)
+        return n / timed(lambda: extract_features(model, ds, range(n), args.infer_batch_size, workers, device,
+                                                  args.precision), device)
+    return run
+
+
+def interleaved_best(runs: dict[str, Callable[[bool], float]], s: dict, between: Callable[[], None]) -> dict:
+    """The best rate of each run over s["repeats"] rounds, every round running each once in turn (after an untimed
+    warm-up round): a machine whose speed drifts affects all figures alike. `between` runs before each timed run."""
     if s["warmup"]:
-        extract(range(min(args.infer_batch_size, len(ds))))
-    return len(ds) / min(timed(lambda: extract(range(len(ds))), device) for _ in range(s["repeats"]))
+        for run in runs.values():
+            run(True)
+    best = dict.fromkeys(runs, 0.0)
+    for _ in range(s["repeats"]):
+        for name, run in runs.items():
+            between()
+            best[name] = max(best[name], run(False))
+    return best
 
 
 def loader_rate(ds, device: str, s: dict) -> float:
@@ -165,18 +178,18 @@ def loader_rate(ds, device: str, s: dict) -> float:
     return len(ds) / min(timed(lambda: [None for _ in loader], "cpu") for _ in range(s["repeats"]))
 
 
-def measure_models(a, root: Path, limits: dict, figs: dict, notes: list) -> dict[str, dict[str, dict]]:
-    """Loader, extraction and training figures for every aggregation × precision; returns rates[agg][precision]."""
+def measure_models(a, root: Path, limits: dict, sampler: LimitSampler, notes: list) -> dict[str, dict[str, dict]]:
+    """Loader rate and, for every aggregation × precision, extraction and training rates: rates[agg][precision]
+    (rates["loader"] for the loader). Fills the FLOP counts of `limits`."""
     s, rates = a.size, {}
     ds, tds = (cls(str(root), "bench", "train", s["resize"]) for cls in (BaseDataset, TripletsDataset))
     loader = loader_rate(ds, a.device, s)
-    figs["loader"] = figure(loader, "img/s")
     for agg in a.aggregations:
         args = train_args(a, agg, "fp32", 0)
         limits["forward_flops_per_image"][agg] = count_flops(args, 1, step=False)
         limits["train_flops_per_triplet"][agg] = count_flops(args, s["queries"] * (2 + s["negs"]), step=True) / (
             s["queries"] * s["negs"])
-        rates[agg] = {prec: measure_model(a, agg, prec, ds, tds, limits, figs) for prec in a.precisions}
+        rates[agg] = {prec: measure_model(a, agg, prec, ds, tds, sampler) for prec in a.precisions}
         for prec, r in rates[agg].items():
             if r.get("extract_inline", 0.0) > r["extract"]:
                 notes.append(f"extract.{agg}.{prec}: loading in the main process is faster on this machine "
@@ -188,10 +201,10 @@ def measure_models(a, root: Path, limits: dict, figs: dict, notes: list) -> dict
             if loader < r["train_model"] * (2 + s["negs"]) / s["negs"]:
                 notes.append(f"train.{agg}.{prec} is loader-bound: the loader gives {loader:.3g} img/s, the training "
                              f"step takes {r['train_model'] * (2 + s['negs']) / s['negs']:.3g}; raise --num_workers")
-    return rates
+    return {"loader": loader, **rates}
 
 
-def measure_model(a, agg: str, prec: str, ds, tds, limits: dict, figs: dict) -> dict[str, float]:
+def measure_model(a, agg: str, prec: str, ds, tds, sampler: LimitSampler) -> dict[str, float]:
     """Extraction and training rates of one aggregation in one precision, end to end and of the model alone.
 
     Also, side by side: the model in the other memory layout than prepare_model's (fp32), and extraction with
@@ -201,25 +214,35 @@ def measure_model(a, agg: str, prec: str, ds, tds, limits: dict, figs: dict) -> 
     torch.manual_seed(0)
     model = make_model(args, a.device)
     cl = uses_channels_last(a.device, prec)
-    r = {"model": model_rate(model, args, a.device, len(ds), s, cl),
-         "extract": extract_rate(model, ds, args, a.device, s, s["num_workers"])}
-    if s["num_workers"] > 0:
-        r["extract_inline"] = extract_rate(model, ds, args, a.device, s, 0)
     ctx = MiningContext(model, tds, args, a.device, np.full((len(tds.queries_paths), s["negs"]), -1))
     pick = lambda n: mine_random(ctx, np.random.randint(0, len(tds.queries_paths), n))  # noqa: E731
-    r["train"] = train_rate(model, tds, pick, args, a.device, s)
     mem = TensorTriplets(torch.randn(2 + s["negs"], 3, *s["resize"]))
     zeros = lambda n: np.zeros((n, 2 + s["negs"]), dtype=np.int64)  # noqa: E731
-    r["train_model"] = train_rate(model, mem, zeros, mem_args, a.device, s)
+    runs = {"model": model_run(model, args, a.device, len(ds), cl),
+            "extract": extract_run(model, ds, args, a.device, s["num_workers"]),
+            "train": train_run(model, tds, pick, args, a.device, s),
+            "train_model": train_run(model, mem, zeros, mem_args, a.device, s)}
+    if s["num_workers"] > 0:
+        runs["extract_inline"] = extract_run(model, ds, args, a.device, 0)
     if prec == "fp32":
         other = copy.deepcopy(model).to(memory_format=torch.contiguous_format if cl else torch.channels_last)
-        r["model_nchw" if cl else "model_channels_last"] = model_rate(other, args, a.device, len(ds), s, not cl)
-    key, mm = f"{agg}.{prec}", limits["matmul_flops_per_s"][prec]
-    per_img, per_triplet = limits["forward_flops_per_image"][agg], limits["train_flops_per_triplet"][agg]
-    for name, rate in r.items():
-        unit, flops = ("triplets/s", per_triplet) if name.startswith("train") else ("img/s", per_img)
-        figs[f"{name}.{key}"] = figure(rate, unit, mm / flops)
-    return r
+        runs["model_nchw" if cl else "model_channels_last"] = model_run(other, args, a.device, len(ds), not cl)
+    return interleaved_best(runs, s, lambda: sampler.sample(prec))
+
+
+def rate_figures(rates: dict, limits: dict) -> dict[str, dict]:
+    """Figures of measure_models' rates, each beside its limit: matmul rate / FLOPs per image or per triplet."""
+    figs = {"loader": figure(rates["loader"], "img/s")}
+    for agg, by_prec in rates.items():
+        if agg == "loader":
+            continue
+        per_img, per_triplet = limits["forward_flops_per_image"][agg], limits["train_flops_per_triplet"][agg]
+        for prec, r in by_prec.items():
+            mm = limits["matmul_flops_per_s"][prec]
+            for name, rate in r.items():
+                unit, flops = ("triplets/s", per_triplet) if name.startswith("train") else ("img/s", per_img)
+                figs[f"{name}.{agg}.{prec}"] = figure(rate, unit, mm / flops)
+    return figs
 
 
 def measure_cache(a, rates: dict, limits: dict, figs: dict) -> None:
@@ -228,6 +251,8 @@ def measure_cache(a, rates: dict, limits: dict, figs: dict) -> None:
     s = a.size
     n = s["cache_db"] + s["cache_queries"]
     for agg, by_prec in rates.items():
+        if agg == "loader":
+            continue
         extract = {p: max(r["extract"], r.get("extract_inline", 0.0)) for p, r in by_prec.items()}
         prec = max(extract, key=extract.get)  # the fastest precision, with the faster way of loading
         workers = 0 if by_prec[prec].get("extract_inline", 0.0) > by_prec[prec]["extract"] else s["num_workers"]
@@ -251,13 +276,15 @@ def main(argv: list[str] | None = None) -> dict:
     """Run every measurement, print the table, write the JSON file; returns what the JSON holds."""
     tuned = tune_allocator()
     a = parse_args(argv)
-    s, figs, notes = a.size, {}, []
-    gemm = {p: gemm_rates(a.device, p, s["matmul_max"], s["matmul_call_s"]) for p in a.precisions}
-    limits = {"matmul_flops_per_s": {p: max(r.values()) for p, r in gemm.items()}, "gemm_flops_per_s": gemm,
-              "forward_flops_per_image": {}, "train_flops_per_triplet": {}}
+    s, notes = a.size, []
+    sampler = LimitSampler(a.device, a.precisions, s["matmul_max"], s["matmul_call_s"])
+    limits = {"matmul_flops_per_s": {}, "gemm_flops_per_s": sampler.rates, "forward_flops_per_image": {},
+              "train_flops_per_triplet": {}}
     with tempfile.TemporaryDirectory(prefix="vg_bench_") as tmp, contextlib.redirect_stderr(io.StringIO()):
         write_world(Path(tmp), s["images"], max(1, s["images"] // 4), s["resize"])  # stderr: progress bars
-        rates = measure_models(a, Path(tmp), limits, figs, notes)
+        rates = measure_models(a, Path(tmp), limits, sampler, notes)
+    limits["matmul_flops_per_s"] = sampler.best()  # the best rate seen in the whole run
+    figs = rate_figures(rates, limits)
     measure_cache(a, rates, limits, figs)
     total_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 20
     figs["peak_memory"] = figure(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB", total_mib)

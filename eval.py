@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     make_deterministic(args.seed)
     device = resolve_device(args)
     ds = BaseDataset(args.datasets_folder, args.dataset_name, args.split, tuple(args.test_resize or args.resize),
-                     args.val_positive_dist_threshold)
+                     args.val_positive_dist_threshold, args.skip_corrupt)
     logging.info(f"evaluating on {ds}")
     model, variants = build_test_model(args, folder, device)
     result = run_test_method(model, ds, args.test_method, tuple(args.test_resize or args.resize), args.recall_values,

@@ -148,6 +148,12 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--recall_thresholds", type=float, nargs="+", default=None, metavar="M",
                    help="also compute recall@N at these success radii (metres), e.g. 5 10 15 20 25 50 100")
     _test_variant_args(p)
+    p.set_defaults(resize=None)  # None: the size the checkpoint was trained and tested at (parse_eval_args)
+    for action in p._actions:
+        if action.dest == "resize":
+            action.help = "image size; default: the first checkpoint's training size (480 640 if it has none)"
+        elif action.dest == "test_resize":
+            action.help = "evaluation image size; default: --resize, or the first checkpoint's --test_resize"
     return p
 
 
@@ -226,8 +232,20 @@ def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and validate eval.py arguments."""
-    args = eval_parser().parse_args(argv)
+    """Parse and validate eval.py arguments.
+
+    Without --resize and --test_resize, images are encoded at the size the (first) checkpoint was trained and tested
+    at, as its final test in train.py did; with either flag, the flags given decide.
+    """
+    p = eval_parser()
+    args = p.parse_args(argv)
+    if args.resize is None:
+        stored = {}
+        if args.test_resize is None:
+            from util import load_checkpoint
+            stored = load_checkpoint(args.resume[0])["args"]
+        p.set_defaults(resize=stored.get("resize") or [480, 640], test_resize=stored.get("test_resize"))
+        args = p.parse_args(argv)
     validate_common(args)
     validate_test_variant_args(args)
     _check(args.save_predictions >= 0, f"--save_predictions must be >= 0 images, got {args.save_predictions}")

@@ -118,7 +118,7 @@ def prepare_pca(model: nn.Module, args, folder: Path, device: str) -> tuple[nn.M
                             f"drop --pca_dim or refit")
     else:
         ds = BaseDataset(args.datasets_folder, args.dataset_name, args.pca_split,
-                         tuple(args.test_resize or args.resize), args.val_positive_dist_threshold)
+                         tuple(args.test_resize or args.resize), args.val_positive_dist_threshold, args.skip_corrupt)
         feats = extract_features(model, ds, range(ds.database_num), args.infer_batch_size, args.num_workers,
                                  device, args.precision, desc=f"encoding {args.pca_split} database for PCA")
         pca, path = fit_pca(feats, args.pca_dim, args.pca_whiten, seed=max(args.seed, 0)), folder / "pca.npz"

