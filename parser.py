@@ -35,7 +35,8 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision for forward passes (bf16 is the fast path on modern CPUs)")
-    g.add_argument("--num_workers", type=int, default=2)
+    g.add_argument("--num_workers", type=int, default=None,
+                   help="data-loading processes; default: 0 on a CPU (the model keeps every core: faster there, see benchmark.py's extract_inline), 2 on CUDA")
     g.add_argument("--infer_batch_size", type=int, default=16)
     g.add_argument("--seed", type=int, default=0, help="-1 for a non-deterministic run")
     g.add_argument("--save_dir", default="default", help="runs are written to logs/<save_dir>/<timestamp>/")
@@ -213,6 +214,15 @@ def resolve_device(args: argparse.Namespace) -> str:
     return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _with_device_defaults(p: argparse.ArgumentParser, args: argparse.Namespace,
+                          argv: list[str] | None) -> argparse.Namespace:
+    """args parsed again with the defaults that depend on the device: --num_workers (0 on a CPU, 2 on CUDA)."""
+    if args.num_workers is not None:
+        return args
+    p.set_defaults(num_workers=0 if resolve_device(args) == "cpu" else 2)
+    return p.parse_args(argv)
+
+
 def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate train.py arguments.
 
@@ -227,6 +237,7 @@ def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.set_defaults(**{k: v for k, v in stored.items() if k in vars(args) and k != "resume"})
         args = p.parse_args(argv)
         check_resume_compatible(stored, vars(args))
+    args = _with_device_defaults(p, args, argv)
     validate_train_args(args)
     return args
 
@@ -239,6 +250,12 @@ def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
     """
     p = eval_parser()
     args = p.parse_args(argv)
+    validate_test_variant_args(args)  # the flags first: no checkpoint is read for a bad flag
+    _check(args.save_predictions >= 0, f"--save_predictions must be >= 0 images, got {args.save_predictions}")
+    _check(not args.save_only_wrong_predictions or args.save_predictions > 0,
+           "--save_only_wrong_predictions needs --save_predictions N (N > 0)")
+    _check(args.recall_thresholds is None or all(t > 0 for t in args.recall_thresholds),
+           f"--recall_thresholds must be > 0 metres, got {args.recall_thresholds}")
     if args.resize is None:
         stored = {}
         if args.test_resize is None:
@@ -246,11 +263,6 @@ def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
             stored = load_checkpoint(args.resume[0])["args"]
         p.set_defaults(resize=stored.get("resize") or [480, 640], test_resize=stored.get("test_resize"))
         args = p.parse_args(argv)
+    args = _with_device_defaults(p, args, argv)
     validate_common(args)
-    validate_test_variant_args(args)
-    _check(args.save_predictions >= 0, f"--save_predictions must be >= 0 images, got {args.save_predictions}")
-    _check(not args.save_only_wrong_predictions or args.save_predictions > 0,
-           "--save_only_wrong_predictions needs --save_predictions N (N > 0)")
-    _check(args.recall_thresholds is None or all(t > 0 for t in args.recall_thresholds),
-           f"--recall_thresholds must be > 0 metres, got {args.recall_thresholds}")
     return args

@@ -153,3 +153,14 @@ def test_imagenet_weights_offline(tiny_world: Path, tmp_path: Path, capsys, monk
 def test_inconsistent_training_flags(tiny_world: Path, capsys, extra: list[str], expected: str) -> None:
     line = run_main(train.main, tiny_train_flags(tiny_world, "x") + extra, capsys)
     assert expected in line
+
+
+def test_num_workers_default_depends_on_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from parser import parse_eval_args, parse_train_args
+    base = ["--resize", "32", "32"]
+    assert parse_train_args(base + ["--device", "cpu"]).num_workers == 0
+    assert parse_train_args(base + ["--device", "cpu", "--num_workers", "3"]).num_workers == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # resolve_device only asks this
+    assert parse_train_args(base + ["--device", "cuda"]).num_workers == 2
+    assert parse_eval_args(base + ["--device", "cuda", "--resume", "x.pth"]).num_workers == 2
+    assert parse_eval_args(base + ["--device", "cpu", "--resume", "x.pth"]).num_workers == 0
