@@ -107,7 +107,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def _test_variant_args(p: argparse.ArgumentParser) -> None:
     from test_methods import TEST_METHODS
-    g = p.add_argument_group("test-time variants (docs/variations.md)")
+    g = p.add_argument_group("test-time variants (README: Variations beyond the baselines)")
     g.add_argument("--ensemble", choices=["concat", "mean"], default="concat",
                    help="with several --resume: concatenate or average their L2-normalized descriptors")
     g.add_argument("--multiscale", type=float, nargs="+", default=[1.0], metavar="S",
