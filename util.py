@@ -41,7 +41,7 @@ def save_checkpoint(state: dict, folder: Path, is_best: bool) -> None:
     _kill_hook()
 
 
-KILL_HOOK_ENV = "VG_KILL_AFTER_CHECKPOINTS"  # testing hook only: see docs/reliability.md
+KILL_HOOK_ENV = "VG_KILL_AFTER_CHECKPOINTS"  # testing hook only: see README, Reliability
 _checkpoint_writes = 0
 
 
