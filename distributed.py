@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun (`torchrun --nproc_per_node N train.py ...`, see the README, Multi-GPU training):
+"""Data-parallel training under torchrun (`torchrun --nproc_per_node N train.py ...`; README, Multi-GPU training):
 process group, rank helpers, sharded encoding, per-rank batch slices, global-batch loss, synchronized BatchNorm.
 
 Without torchrun's RANK / WORLD_SIZE / LOCAL_RANK, init() does nothing and every helper is a no-op or identity.
