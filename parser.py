@@ -34,9 +34,10 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision for forward passes (bf16 is the fast path on modern CPUs)")
+                   help="autocast precision for forward passes (bf16: fast on CPUs with AVX-512 BF16/AMX, and GPUs)")
     g.add_argument("--num_workers", type=int, default=None,
-                   help="data-loading processes; default: 0 on a CPU (the model keeps every core: faster there, see benchmark.py's extract_inline), 2 on CUDA")
+                   help="data-loading processes; default: 0 on a CPU (the model keeps every core, faster there: "
+                        "benchmark.py's extract_inline), 2 on CUDA")
     g.add_argument("--infer_batch_size", type=int, default=16)
     g.add_argument("--seed", type=int, default=0, help="-1 for a non-deterministic run")
     g.add_argument("--save_dir", default="default", help="runs are written to logs/<save_dir>/<timestamp>/")

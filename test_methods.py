@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils import data
 
 from commons import UserError
-from datasets_ws import normalize, open_image
+from images import normalize, open_image
 from evaluation import EvalResult, evaluate_descriptors, extract_features, test
 from indexing import search
 

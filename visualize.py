@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from datasets_ws import open_image  # noqa: E402
+from images import open_image  # noqa: E402
 
 CORRECT, WRONG, QUERY = (0, 170, 0), (220, 0, 0), (40, 90, 220)  # frame colours (RGB)
 NEUTRAL = (150, 150, 150)

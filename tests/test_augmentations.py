@@ -9,7 +9,8 @@ import torch
 
 from augmentations import build_augmentation
 from commons import UserError
-from datasets_ws import normalize, TripletsDataset
+from datasets_ws import TripletsDataset
+from images import normalize
 from parser import parse_train_args, train_parser
 
 H, W = 32, 40

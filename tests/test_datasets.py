@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from commons import UserError
-from datasets_ws import BaseDataset, TripletsDataset, normalize, parse_utm
+from datasets_ws import BaseDataset, TripletsDataset, parse_utm
+from images import normalize
 
 
 def write_image(path: Path, value: int = 128, size: int = 16) -> None:

@@ -16,7 +16,7 @@ import evaluation
 import train
 from commons import autocast, prepare_model, to_input
 from conftest import tiny_train_flags
-from datasets_ws import build_resize, open_image
+from images import build_resize, open_image
 from aggregations import AGGREGATIONS
 from network import GeoLocalizationNet
 from tools.synthetic_world import make_map, to_uint8
