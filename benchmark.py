@@ -173,7 +173,7 @@ def interleaved_best(runs: dict[str, Callable[[bool], float]], s: dict, between:
 
 
 def loader_rate(ds, device: str, s: dict) -> float:
-    """Images/s of the data loader alone (JPEG decode, resize, normalize, collate), built as extract_features does."""
+    """Images/s of the data loader alone (JPEG decode, resize, uint8 collate), built as extract_features does."""
     loader = DataLoader(ds, batch_size=s["batch"], num_workers=s["num_workers"], pin_memory=device == "cuda")
     return len(ds) / min(timed(lambda: [None for _ in loader], "cpu") for _ in range(s["repeats"]))
 

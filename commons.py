@@ -167,9 +167,3 @@ def prepare_model(model: torch.nn.Module, device: str, precision: str) -> torch.
     if uses_channels_last(device, precision):
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def to_input(images: torch.Tensor, device: str, precision: str) -> torch.Tensor:
-    """Move an image batch B×3×H×W to device, in channels_last memory format where `uses_channels_last`."""
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if uses_channels_last(device, precision) else images

@@ -17,7 +17,7 @@ import torch.utils.data as data
 from sklearn.neighbors import NearestNeighbors
 
 from commons import UserError
-from images import build_resize, image_problem, normalize, open_image
+from images import build_resize, image_problem, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DATABASE_FOLDER_NAMES = ("database", "gallery")
@@ -174,12 +174,9 @@ class BaseDataset(data.Dataset):
         """Image index (database first, then queries) resized, as a uint8 3×H×W tensor."""
         return self.resize_transform(open_image(self.images_paths[index], self.resize))
 
-    def load(self, index: int) -> torch.Tensor:
-        """Image index (database first, then queries) as a normalized float 3×H×W tensor."""
-        return normalize(self.load_uint8(index))
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.load(index), index
+        """(uint8 image 3×H×W, index); images.to_input normalizes whole batches."""
+        return self.load_uint8(index), index
 
     def __len__(self) -> int:
         return len(self.images_paths)
@@ -194,13 +191,13 @@ class BaseDataset(data.Dataset):
 
 
 class ImagesView(data.Dataset):
-    """Item i of a BaseDataset (or subclass) as (normalized image 3×H×W, i)."""
+    """Item i of a BaseDataset (or subclass) as (uint8 image 3×H×W, i)."""
 
     def __init__(self, base: BaseDataset):
         self.base = base
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.base.load(index), index
+        return self.base.load_uint8(index), index
 
     def __len__(self) -> int:
         return len(self.base.images_paths)
@@ -210,7 +207,7 @@ class TripletsDataset(BaseDataset):
     """Training split: adds train positives (within train_positives_dist_threshold).
 
     Queries without any train positive are dropped together with their soft-positive rows.
-    Triplets are set by the miner via `set_triplets`; item i is (images (2+K)×3×H×W, indices (2+K)),
+    Triplets are set by the miner via `set_triplets`; item i is (uint8 images (2+K)×3×H×W, indices (2+K)),
     where indices are in the database-then-queries numbering and row 0 is the query.
     """
 
@@ -245,7 +242,7 @@ class TripletsDataset(BaseDataset):
         images = [self.load_uint8(i) for i in ids]
         if self.augmentation is not None:  # callable(uint8 3×H×W, is_query) -> uint8 3×H×W
             images = [self.augmentation(img, j == 0) for j, img in enumerate(images)]
-        return torch.stack([normalize(img) for img in images]), torch.tensor(ids)
+        return torch.stack(images), torch.tensor(ids)  # uint8 (2+K)×3×H×W
 
     def __len__(self) -> int:
         return len(self.triplets)

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from commons import autocast, to_input
+from commons import autocast
+from images import to_input
 from indexing import build_index, search
 
 

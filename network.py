@@ -13,6 +13,7 @@ from aggregations import build_aggregation
 from attention import build_attention
 from backbones import build_backbone
 from commons import UserError
+from images import to_input
 
 ARCH_DEFAULTS = {"backbone": "resnet18conv4", "aggregation": "gem", "netvlad_clusters": 64,
                  "fc_output_dim": None, "attention": "none"}
@@ -94,7 +95,7 @@ def sample_local_descriptors(model: GeoLocalizationNet, loader, num: int, seed: 
     chunks, total = [], 0
     model.eval()
     for images, _ in loader:
-        fmap = model.features(images.to(device)).float()  # B×C×H×W
+        fmap = model.features(to_input(images, device, "fp32")).float()  # B×C×H×W (autocast, if any, outside)
         local = F.normalize(fmap.flatten(2).transpose(1, 2).reshape(-1, fmap.shape[1]), dim=1)  # (B·H·W)×C
         chunks.append(local.cpu().numpy())
         total += len(local)

@@ -18,9 +18,10 @@ from tqdm import tqdm
 import distributed
 from augmentations import build_augmentation
 from commons import (UserError, autocast, get_rng_state, make_deterministic, prepare_model, run_cli,
-                     set_rng_state, setup_logging, to_input, tune_allocator)
+                     set_rng_state, setup_logging, tune_allocator)
 from datasets_ws import BaseDataset, TripletsDataset, build_all
 from evaluation import EvalResult, format_recalls, test
+from images import to_input
 from losses import build_criterion
 from mining import MINERS, MiningContext
 from network import build_model, initialize_aggregation, load_init_state, load_model_state

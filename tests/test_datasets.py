@@ -126,7 +126,8 @@ def test_triplet_item_shape_and_ids(tmp_path: Path) -> None:
     images, ids = ds[0]
     assert images.shape == (4, 3, 8, 12)
     assert ids.tolist() == [3, 0, 2, 1]  # query 0 is item database_num + 0
-    assert np.allclose(images[0].numpy(), ds.load(3).numpy()) and np.allclose(images[2].numpy(), ds.load(2).numpy())
+    assert images.dtype == torch.uint8  # normalized per batch by images.to_input
+    assert torch.equal(images[0], ds.load_uint8(3)) and torch.equal(images[2], ds.load_uint8(2))
 
 
 def test_no_train_positive_at_all_is_an_error(tmp_path: Path) -> None:

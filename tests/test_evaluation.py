@@ -13,6 +13,7 @@ from torch import nn
 from datasets_ws import BaseDataset, radius_neighbors
 import evaluation
 from evaluation import evaluate_descriptors, extract_features, hits_matrix, recalls_from_hits
+from images import normalize
 
 # Database on a line every 100 m; query 2 is 700 m from everything (no positive: always a failure).
 DB_UTMS = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0], [300.0, 0.0]])
@@ -95,7 +96,7 @@ def test_extract_features_keeps_the_order_of_indices(tiny_world: Path) -> None:
     ds = BaseDataset(tiny_world, "synthetic", "val", resize=(32, 32))
     indices = [7, 2, ds.database_num + 3, 0, 5]
     feats = extract_features(MeanColour(), ds, indices, batch_size=2, num_workers=0, device="cpu")
-    ref = torch.stack([ds.load(i).mean(dim=(1, 2)) for i in indices]).numpy()
+    ref = torch.stack([normalize(ds.load_uint8(i)).mean(dim=(1, 2)) for i in indices]).numpy()
     assert feats.shape == (5, 3) and feats.dtype == np.float32
     np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)
 

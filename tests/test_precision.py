@@ -14,9 +14,10 @@ import commons
 import eval as eval_cli
 import evaluation
 import train
-from commons import autocast, prepare_model, to_input
+from commons import autocast, prepare_model
+from images import to_input
 from conftest import tiny_train_flags
-from images import build_resize, open_image
+from images import build_resize, normalize, open_image
 from aggregations import AGGREGATIONS
 from network import GeoLocalizationNet
 from tools.synthetic_world import make_map, to_uint8
@@ -135,3 +136,14 @@ def test_mining_distances_equal_the_definition(n_db: int) -> None:
     assert (cand.shape[1] * DENSE_FACTOR >= n_db) == (n_db == 40)
     ref = ((db[np.maximum(cand, 0)] - q[:, None]) ** 2).sum(-1).masked_fill(torch.from_numpy(cand < 0), float("inf"))
     assert torch.allclose(gathered_distances(q, db, cand), ref, atol=1e-4)
+
+
+def test_to_input_normalizes_uint8_batches_into_the_model_layout() -> None:
+    """Datasets give uint8 pixels; to_input gives the normalized float batch, channels_last on a CPU."""
+    u8 = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = to_input(u8, "cpu", "fp32")
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    expected = torch.stack([normalize(img) for img in u8])  # per image, NCHW
+    assert torch.allclose(x, expected, atol=1e-6)
+    floats = expected.clone()  # already-normalized floats (test-method views) are only laid out
+    assert torch.equal(to_input(floats, "cpu", "fp32"), expected)

@@ -9,6 +9,7 @@ import backbones
 import train
 from commons import UserError
 from conftest import tiny_train_flags
+from images import to_input
 from losses import build_criterion
 from mining import MINERS
 from network import build_model
@@ -24,7 +25,7 @@ def fixed_loss(model, ds, triplets: np.ndarray, criterion) -> float:
     images = torch.stack([ds[i][0] for i in range(len(triplets))])  # T×(2+K)×3×H×W
     model.train()
     with torch.no_grad():
-        feats = model(images.flatten(0, 1)).view(*images.shape[:2], -1)
+        feats = model(to_input(images.flatten(0, 1), "cpu", "fp32")).view(*images.shape[:2], -1)
     return float(criterion(feats[:, 0], feats[:, 1], feats[:, 2:]))
 
 
