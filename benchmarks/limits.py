@@ -32,15 +32,10 @@ def gemm_call(kernel: str, n: int, dtype: torch.dtype, device: str):
     return lambda: F.conv2d(x, w)
 
 
-def gemm_rates(device: str, precision: str, max_n: int, call_s: float) -> dict[str, float]:
-    """The machine's compute limit in a precision: best FLOP/s of a square matrix product, by torch.matmul and by
-    a 1×1 convolution (the oneDNN/cuDNN route of convolutions; on CPUs without native bf16, torch.matmul falls back
-    to a slow kernel and convolutions do not). n doubles from 256 until a call takes call_s or n reaches max_n."""
-    return {kernel: rate for kernel, (rate, _) in _gemm_sizes(device, precision, max_n, call_s).items()}
-
-
-def _gemm_sizes(device: str, precision: str, max_n: int, call_s: float) -> dict[str, tuple[float, int]]:
-    """gemm_rates with, per kernel, the last size n it timed: kernel → (best FLOP/s, n)."""
+def gemm_sizes(device: str, precision: str, max_n: int, call_s: float) -> dict[str, tuple[float, int]]:
+    """The machine's compute limit in a precision: kernel → (best FLOP/s of a square matrix product, its size n),
+    by torch.matmul and by a 1×1 convolution (the oneDNN/cuDNN route of convolutions). n doubles from 256 until a
+    call takes call_s or n reaches max_n."""
     out = {}
     for kernel in ("matmul", "conv1x1"):
         n, best = 256, 0.0
@@ -63,7 +58,7 @@ class LimitSampler:
 
     def __init__(self, device: str, precisions: list[str], max_n: int, call_s: float):
         self.device = device
-        sized = {p: _gemm_sizes(device, p, max_n, call_s) for p in precisions}
+        sized = {p: gemm_sizes(device, p, max_n, call_s) for p in precisions}
         self.rates = {p: {k: rate for k, (rate, _) in r.items()} for p, r in sized.items()}
         self.calls = {p: {k: gemm_call(k, n, DTYPES[p], device) for k, (_, n) in r.items()} for p, r in sized.items()}
         self.sizes = {p: {k: n for k, (_, n) in r.items()} for p, r in sized.items()}
