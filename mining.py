@@ -5,7 +5,6 @@ Add a miner with one function decorated by @register_miner(name).
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
