@@ -23,7 +23,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DATABASE_FOLDER_NAMES = ("database", "gallery")
 
 
-
 def parse_utm(path: str | Path) -> tuple[float, float]:
     """Return (easting, northing) parsed from fields 1 and 2 of the file name split on '@'."""
     fields = Path(path).name.split("@")

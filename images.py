@@ -67,7 +67,6 @@ def to_input(images: torch.Tensor, device: str, precision: str) -> torch.Tensor:
     return normalize(images) if images.dtype == torch.uint8 else images  # keeps the memory format
 
 
-
 DRAFT_MARGIN = 2  # JPEG draft decoding keeps at least this × the target size, so the final resize still antialiases
 
 

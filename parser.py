@@ -215,13 +215,18 @@ def resolve_device(args: argparse.Namespace) -> str:
     return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _reparse(p: argparse.ArgumentParser, argv: list[str] | None, **defaults) -> argparse.Namespace:
+    """argv parsed again with new defaults: flags given on the command line keep their values."""
+    p.set_defaults(**defaults)
+    return p.parse_args(argv)
+
+
 def _with_device_defaults(p: argparse.ArgumentParser, args: argparse.Namespace,
                           argv: list[str] | None) -> argparse.Namespace:
     """args parsed again with the defaults that depend on the device: --num_workers (0 on a CPU, 2 on CUDA)."""
     if args.num_workers is not None:
         return args
-    p.set_defaults(num_workers=0 if resolve_device(args) == "cpu" else 2)
-    return p.parse_args(argv)
+    return _reparse(p, argv, num_workers=0 if resolve_device(args) == "cpu" else 2)
 
 
 def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -235,8 +240,7 @@ def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resume:
         from util import check_resume_compatible, load_checkpoint
         stored = load_checkpoint(args.resume)["args"]
-        p.set_defaults(**{k: v for k, v in stored.items() if k in vars(args) and k != "resume"})
-        args = p.parse_args(argv)
+        args = _reparse(p, argv, **{k: v for k, v in stored.items() if k in vars(args) and k != "resume"})
         check_resume_compatible(stored, vars(args))
     args = _with_device_defaults(p, args, argv)
     validate_train_args(args)
@@ -262,8 +266,7 @@ def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.test_resize is None:
             from util import load_checkpoint
             stored = load_checkpoint(args.resume[0])["args"]
-        p.set_defaults(resize=stored.get("resize") or [480, 640], test_resize=stored.get("test_resize"))
-        args = p.parse_args(argv)
+        args = _reparse(p, argv, resize=stored.get("resize") or [480, 640], test_resize=stored.get("test_resize"))
     args = _with_device_defaults(p, args, argv)
     validate_common(args)
     return args

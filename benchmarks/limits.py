@@ -52,8 +52,8 @@ def gemm_sizes(device: str, precision: str, max_n: int, call_s: float) -> dict[s
 class LimitSampler:
     """The matmul rate of each precision, taken at start and again before every timed run: the best rate seen.
 
-    A shared or boosting machine drifts by ±10 % within seconds; the limit is what it reached at its best, so a
-    figure measured in a fast moment cannot show more than 100 % of a limit measured in a slow one.
+    A shared or boosting machine drifts by ±10 % within seconds; the limit is what it reached at its best, so that
+    a figure measured in a fast moment is not set against a limit measured in a slow one.
     """
 
     def __init__(self, device: str, precisions: list[str], max_n: int, call_s: float):
