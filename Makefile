@@ -5,17 +5,20 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= data/demo
 DEMO_FLAGS := --datasets_folder $(DEMO_DIR) --dataset_name synthetic --resize 32 32 --device cpu
 
-.PHONY: venv test demo clean
+.PHONY: venv test lint demo clean gpu-check
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	touch $@
 
 venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -q tests
+
+lint: venv  # ruff, configured in pyproject.toml
+	$(VENV)/bin/ruff check .
 
 demo: venv
 	$(PY) -m tools.synthetic_world --out $(DEMO_DIR) --seed 1 --image_size 32 --overwrite \
@@ -26,6 +29,9 @@ demo: venv
 		--num_workers 0 --save_dir demo
 	$(PY) eval.py $(DEMO_FLAGS) --resume $$(ls -td logs/demo/*/ | head -1)best_model.pth \
 		--infer_batch_size 64 --num_workers 0 --save_dir demo_eval
+
+gpu-check: venv  # one CUDA GPU: benchmark, fp16/bf16 trainings at 480x640, eval flat/ivfpq, resume
+	$(PY) -m tools.gpu_check
 
 clean:
 	rm -rf $(VENV) logs data/demo

@@ -230,11 +230,11 @@ class NetVLAD(Aggregation):
         return netvlad(x, self.conv.weight, self.conv.bias, self.centroids)
 
     @torch.no_grad()
-    def init_params(self, descriptors: np.ndarray, niter: int = 100, seed: int = 0) -> None:
+    def init_params(self, descriptors: np.ndarray, niter: int = 100, seed: int = 0, ratio: float = 100.0) -> None:
         """Set centroids by faiss k-means on descriptors (N×C, L2-normalized), then the assignment conv.
 
-        conv weight = 2·alpha·c_k, bias = -alpha·||c_k||², alpha from `netvlad_alpha` (top1/top2 ≈ 100).
-        Deterministic given seed.
+        conv weight = 2·alpha·c_k, bias = -alpha·||c_k||², alpha from `netvlad_alpha` (top1/top2 ≈ ratio; 100 in the
+        NetVLAD paper). Deterministic given seed.
         """
         import faiss  # local: only training needs it
 
@@ -247,7 +247,7 @@ class NetVLAD(Aggregation):
         kmeans = faiss.Kmeans(self.in_dim, self.clusters, niter=niter, seed=seed, verbose=False)
         kmeans.train(descriptors)
         centroids = kmeans.centroids.astype(np.float32)                 # K×C
-        alpha = netvlad_alpha(descriptors, centroids)
+        alpha = netvlad_alpha(descriptors, centroids, ratio)
         logging.debug(f"NetVLAD init: {self.clusters} clusters, alpha={alpha:.3f}")
         c = torch.from_numpy(centroids).to(self.centroids)
         self.centroids.copy_(c)

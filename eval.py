@@ -9,7 +9,7 @@ import logging
 
 import torch
 
-from commons import prepare_model, run_cli, setup_logging, tune_allocator, make_deterministic
+from commons import log_precision, make_deterministic, prepare_model, run_cli, setup_logging, tune_allocator
 from datasets_ws import BaseDataset
 from evaluation import EvalResult, hits_matrix, prediction_distances, recalls_by_threshold, recalls_from_hits
 from network import build_model, load_model_state
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     log_args(args, folder)
     make_deterministic(args.seed)
     device = resolve_device(args)
+    log_precision(args.precision, args.precision_requested, device)
     ds = BaseDataset(args.datasets_folder, args.dataset_name, args.split, tuple(args.test_resize or args.resize),
                      args.val_positive_dist_threshold, args.skip_corrupt)
     logging.info(f"evaluating on {ds}")

@@ -177,7 +177,8 @@ def mine_random(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
     pos = ctx.positives[query_ids]
     counts = (pos >= 0).sum(1)
     positives = pos[np.arange(len(pos)), (np.random.rand(len(pos)) * counts).astype(np.int64)]
-    cand = np.random.randint(0, ds.database_num, size=(len(query_ids), max(a.neg_samples_num, 2 * a.negs_num_per_query)))
+    width = max(a.neg_samples_num, 2 * a.negs_num_per_query)
+    cand = np.random.randint(0, ds.database_num, size=(len(query_ids), width))
     negatives = choose_negatives(ctx, query_ids, cand, torch.rand(cand.shape))
     return _as_triplets(query_ids, positives, negatives)
 

@@ -106,11 +106,12 @@ def sample_local_descriptors(model: GeoLocalizationNet, loader, num: int, seed: 
 
 
 def initialize_aggregation(model: GeoLocalizationNet, loader, device: str, seed: int,
-                           num_descriptors: int = 50000) -> None:
-    """Run data-dependent initialization (NetVLAD k-means) when the aggregation needs it."""
+                           num_descriptors: int = 50000, ratio: float = 100.0) -> None:
+    """Run data-dependent initialization (NetVLAD k-means; soft-assignment top1/top2 `ratio`) when the aggregation
+    needs it."""
     agg = model.aggregation
     if not getattr(agg, "needs_init", False):
         return
     descs = sample_local_descriptors(model, loader, num_descriptors, seed, device)
     logging.info(f"initializing {type(agg).__name__} from {len(descs)} local descriptors (k-means)")
-    agg.init_params(descs, niter=100, seed=seed)
+    agg.init_params(descs, niter=100, seed=seed, ratio=ratio)

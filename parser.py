@@ -11,7 +11,7 @@ from commons import UserError
 
 ARCH_KEYS = ("backbone", "aggregation", "netvlad_clusters", "fc_output_dim", "attention")
 RESUME_SAFE_KEYS = ("epochs_num", "num_workers", "device", "infer_batch_size", "save_dir", "resume",
-                    "patience", "datasets_folder", "skip_corrupt", "log_level", "init_from")
+                    "patience", "datasets_folder", "skip_corrupt", "log_level", "init_from", "precision_requested")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -33,8 +33,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision for forward passes (bf16: fast on CPUs with AVX-512 BF16/AMX, and GPUs)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
+                   help="autocast precision for forward passes (bf16: fast on CPUs with AVX-512 BF16/AMX, and GPUs; "
+                        "auto: bf16 where the device runs it natively, else fp32; the choice is stored in the run)")
     g.add_argument("--num_workers", type=int, default=None,
                    help="data-loading processes; default: 0 on a CPU (the model keeps every core, faster there: "
                         "benchmark.py's extract_inline), 2 on CUDA")
@@ -89,6 +90,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init_from", default=None, metavar="CKPT",
                    help="start from this checkpoint's weights (e.g. a NetVLAD run for --aggregation crn); "
                         "parameters it lacks keep their initialization")
+    g.add_argument("--netvlad_alpha_ratio", type=float, default=100.0, metavar="R",
+                   help="NetVLAD initialization: alpha makes a local descriptor's soft assignment to its nearest "
+                        "centroid R times that to the second nearest, on average (100 as in the NetVLAD paper; a "
+                        "softer 10 suits feature maps of a few cells, see README: NetVLAD on small images)")
     g.add_argument("--rolling_period", type=int, default=4, metavar="N",
                    help="--mining rolling: each database descriptor is re-encoded every N cache refreshes")
 
@@ -196,6 +201,7 @@ def validate_train_args(args: argparse.Namespace) -> None:
     _check(args.fc_output_dim is None or args.fc_output_dim > 0, "--fc_output_dim must be > 0")
     _check(args.attention_lr is None or args.attention_lr > 0, "--attention_lr must be > 0")
     _check(args.rolling_period > 0, f"--rolling_period must be > 0, got {args.rolling_period}")
+    _check(args.netvlad_alpha_ratio > 1, f"--netvlad_alpha_ratio must be > 1, got {args.netvlad_alpha_ratio}")
     from augmentations import validate_augmentation_args
     from optim import validate_optim_args
     validate_optim_args(args)
@@ -223,10 +229,15 @@ def _reparse(p: argparse.ArgumentParser, argv: list[str] | None, **defaults) -> 
 
 def _with_device_defaults(p: argparse.ArgumentParser, args: argparse.Namespace,
                           argv: list[str] | None) -> argparse.Namespace:
-    """args parsed again with the defaults that depend on the device: --num_workers (0 on a CPU, 2 on CUDA)."""
-    if args.num_workers is not None:
-        return args
-    return _reparse(p, argv, num_workers=0 if resolve_device(args) == "cpu" else 2)
+    """args parsed again with the values that depend on the device: --num_workers (default 0 on a CPU, 2 on CUDA)
+    and --precision auto (bf16 where the device runs it natively, else fp32; `precision_requested` keeps "auto")."""
+    from commons import resolve_precision
+    device = resolve_device(args)
+    if args.num_workers is None:
+        args = _reparse(p, argv, num_workers=0 if device == "cpu" else 2)
+    requested = getattr(args, "precision_requested", None) or args.precision
+    return argparse.Namespace(**{**vars(args), "precision": resolve_precision(args.precision, device),
+                                 "precision_requested": requested})
 
 
 def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:

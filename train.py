@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import distributed
 from augmentations import build_augmentation
-from commons import (UserError, autocast, get_rng_state, make_deterministic, prepare_model, run_cli,
+from commons import (UserError, autocast, get_rng_state, log_precision, make_deterministic, prepare_model, run_cli,
                      set_rng_state, setup_logging, tune_allocator)
 from datasets_ws import BaseDataset, TripletsDataset, build_all
 from evaluation import EvalResult, format_recalls, test
@@ -167,7 +167,7 @@ def init_aggregation(model, ds: TripletsDataset, args, device: str) -> None:
     loader = DataLoader(Subset(ds.as_images(), ids.tolist()), batch_size=args.infer_batch_size,
                         num_workers=args.num_workers)
     with autocast(device, args.precision):
-        initialize_aggregation(model, loader, device, seed=max(args.seed, 0))
+        initialize_aggregation(model, loader, device, seed=max(args.seed, 0), ratio=args.netvlad_alpha_ratio)
 
 
 def init_weights(model, ds: TripletsDataset, args, device: str) -> None:
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(folder if main_rank else None, args.log_level if main_rank else "warning")
     if main_rank:
         log_args(args, folder)
+        log_precision(args.precision, args.precision_requested, device)
     make_deterministic(args.seed)
     ds, val_ds, model, optimizer, base_lrs, state, ctx = setup(args, device)
     ddp_model = None

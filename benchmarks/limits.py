@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,28 +50,68 @@ def gemm_sizes(device: str, precision: str, max_n: int, call_s: float) -> dict[s
     return out
 
 
-class LimitSampler:
-    """The matmul rate of each precision, taken at start and again before every timed run: the best rate seen.
+def model_conv_calls(model: torch.nn.Module, x: torch.Tensor, precision: str,
+                     device: str) -> list[tuple[Callable[[], torch.Tensor], int]]:
+    """(call, FLOPs) for each distinct convolution shape of model on input x (B×3×H×W): the model's own conv layers,
+    timed alone in its memory format and precision, so that a limit covers the kernels the model really runs."""
+    from commons import autocast  # the project's autocast: the same dtype rules as the measured passes
+    seen: dict[tuple, tuple[torch.Tensor, torch.nn.Conv2d, int]] = {}
 
-    A shared or boosting machine drifts by ±10 % within seconds; the limit is what it reached at its best, so that
-    a figure measured in a fast moment is not set against a limit measured in a slow one.
+    def hook(conv: torch.nn.Conv2d, inputs: tuple, out: torch.Tensor) -> None:
+        key = (tuple(inputs[0].shape), conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.groups)
+        kh, kw = conv.kernel_size  # FLOPs: 2 · output elements · Cin/groups · kh · kw
+        seen.setdefault(key, (inputs[0].detach(), conv, 2 * out.numel() * conv.in_channels // conv.groups * kh * kw))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.no_grad(), autocast(device, precision):
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def call(inp: torch.Tensor, conv: torch.nn.Conv2d) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with torch.no_grad(), autocast(device, precision):
+                return conv(inp)
+        return run
+    return [(call(inp, conv), flops) for inp, conv, flops in seen.values()]
+
+
+class LimitSampler:
+    """The compute rate of each precision, taken at start and again before every timed run: the best rate seen.
+
+    Kernels: a square torch.matmul, the same product as a 1×1 convolution, and (once `add_model` has been called) the
+    model's own convolution shapes, each timed alone. The limit of a precision is the best rate of all of them, so
+    that no pass of the model can beat it. A shared or boosting machine drifts by ±10 % within seconds; the limit is
+    what it reached at its best, so that a figure measured in a fast moment is not set against a limit measured in a
+    slow one.
     """
 
     def __init__(self, device: str, precisions: list[str], max_n: int, call_s: float):
         self.device = device
         sized = {p: gemm_sizes(device, p, max_n, call_s) for p in precisions}
         self.rates = {p: {k: rate for k, (rate, _) in r.items()} for p, r in sized.items()}
-        self.calls = {p: {k: gemm_call(k, n, DTYPES[p], device) for k, (_, n) in r.items()} for p, r in sized.items()}
-        self.sizes = {p: {k: n for k, (_, n) in r.items()} for p, r in sized.items()}
+        self.calls: dict[str, dict[str, list[tuple[Callable, int]]]] = {
+            p: {k: [(gemm_call(k, n, DTYPES[p], device), 2 * n ** 3)] for k, (_, n) in r.items()}
+            for p, r in sized.items()}
+
+    def add_model(self, precision: str, model: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -> None:
+        """Add the model's convolution shapes on input x as kernel "model_conv" of `precision`, each timed
+        `repeats` times (best kept)."""
+        calls = self.calls[precision].setdefault("model_conv", [])
+        calls += model_conv_calls(model, x, precision, self.device)
+        for _ in range(repeats):
+            self.sample(precision)
 
     def sample(self, precision: str) -> None:
-        """Time each kernel of `precision` once more at its final size; keep the best rate."""
-        for kernel, fn in self.calls[precision].items():
-            rate = 2 * self.sizes[precision][kernel] ** 3 / timed(fn, self.device)
-            self.rates[precision][kernel] = max(self.rates[precision][kernel], rate)
+        """Time each kernel call of `precision` once more; keep the best rate of every kernel."""
+        for kernel, calls in self.calls[precision].items():
+            best = max(flops / timed(fn, self.device) for fn, flops in calls)
+            self.rates[precision][kernel] = max(self.rates[precision].get(kernel, 0.0), best)
 
     def best(self) -> dict[str, float]:
-        """precision → best FLOP/s over both kernels and all samples."""
+        """precision → best FLOP/s over all kernels and all samples."""
         return {p: max(r.values()) for p, r in self.rates.items()}
 
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import benchmark
-from benchmarks.limits import LimitSampler, figure, gemm_call
+from benchmarks.limits import LimitSampler, figure, gemm_call, model_conv_calls
 from commons import UserError
 
 RATE_FIGURES = ("extract", "model", "train", "train_model")
@@ -126,9 +126,54 @@ def test_interleaved_best_takes_turns_and_keeps_each_best() -> None:
 
 def test_limit_sampler_keeps_the_best_rate_seen() -> None:
     sampler = LimitSampler("cpu", ["fp32"], max_n=256, call_s=0.0)
-    assert sampler.sizes == {"fp32": {"matmul": 256, "conv1x1": 256}}
+    assert {k: [flops for _, flops in calls] for k, calls in sampler.calls["fp32"].items()} == {
+        "matmul": [2 * 256 ** 3], "conv1x1": [2 * 256 ** 3]}
     sampler.rates["fp32"]["matmul"] = 1e30  # a rate no machine reaches: a new sample must not lower it
     sampler.rates["fp32"]["conv1x1"] = 1.0  # one every machine beats
     sampler.sample("fp32")
     assert sampler.rates["fp32"]["matmul"] == 1e30 and sampler.rates["fp32"]["conv1x1"] > 1.0
     assert sampler.best() == {"fp32": 1e30}
+
+
+def test_model_conv_calls_are_the_models_distinct_conv_shapes_with_their_flops() -> None:
+    """One call per distinct convolution shape; their FLOPs add up to count_flops' forward FLOPs once each
+    shape is counted as often as the model runs it."""
+    args = benchmark.train_args(benchmark.parse_args(["--quick", "--resize", "32", "48"]), "gem", "fp32", 0)
+    model = benchmark.make_model(args, "cpu")
+    runs: dict[tuple, int] = {}
+
+    def hook(conv: torch.nn.Conv2d, inputs: tuple, _out: torch.Tensor) -> None:
+        key = (tuple(inputs[0].shape), conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.groups)
+        runs[key] = runs.get(key, 0) + 1
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    x = torch.zeros(2, 3, 32, 48).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    calls = model_conv_calls(model, x, "fp32", "cpu")
+    assert len(calls) == len(runs)
+    assert sum(flops * n for (_, flops), n in zip(calls, runs.values())) == 2 * benchmark.count_flops(args, 1, False)
+    assert all(call().shape[0] == 2 for call, _ in calls)
+
+
+def test_the_limit_covers_the_models_own_convolutions() -> None:
+    sampler = LimitSampler("cpu", ["fp32"], max_n=256, call_s=0.0)
+    args = benchmark.train_args(benchmark.parse_args(["--quick"]), "gem", "fp32", 0)
+    sampler.add_model("fp32", benchmark.make_model(args, "cpu"), torch.randn(2, 3, 32, 32), repeats=1)
+    rates = sampler.rates["fp32"]
+    assert set(rates) == {"matmul", "conv1x1", "model_conv"} and rates["model_conv"] > 0
+    assert sampler.best()["fp32"] == max(rates.values())
+
+
+def test_a_quick_run_fails_when_a_figure_beats_its_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """A limit that the program beats is not a limit: the figure is flagged, and --quick exits non-zero."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(LimitSampler, "best", lambda self: {p: 1.0 for p in self.rates})  # 1 FLOP/s: beaten
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--quick", "--device", "cpu", "--precisions", "fp32", "--aggregations", "gem"])
+    assert e.value.code == 1
+    out = capsys.readouterr()
+    assert "note: warning: model.gem.fp32 is at" in out.out and out.err.startswith("error: ")
+    assert any(n.startswith("warning: ") for n in json.loads((tmp_path / "bench.json").read_text())["notes"])

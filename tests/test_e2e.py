@@ -18,22 +18,23 @@ from datasets_ws import BaseDataset, TripletsDataset
 from network import build_model, initialize_aggregation
 from parser import parse_train_args
 
-MIN_GAIN = 10.0  # R@1 points over the untrained model; the smallest gain measured below is 15.0
+MIN_GAIN = 8.0  # R@1 points over the untrained model: half the smallest seed-0 gain measured on any kernel path
 
 # Training from random init: high lr with a short warm-up and cosine decay, partial mining refreshed every
-# 100 queries, 2500 triplets (5 epochs). Measured on this world (2 threads, channels_last fp32), R@1 untrained ->
-# trained for --seed 0 / 1 / 2: GeM 31.7 -> 52.0, 25.0 -> 55.0, 31.0 -> 54.3; NetVLAD (16 clusters) 37.3 -> 52.3,
-# 37.3 -> 54.0, 37.7 -> 54.7 (the untrained NetVLAD already has its k-means initialization). Rounding differs
-# between CPUs (oneDNN kernels), so the margin is not tight: 300 test queries, one query is 0.33 points.
+# 100 queries, 2500 triplets (5 epochs). Measured 2026-12-01 (2 threads, channels_last fp32) on a Zen 5 EPYC with
+# AVX-512 BF16, --seed 0..9, three kernel paths: native (AVX-512), ONEDNN_MAX_CPU_ISA=AVX512_CORE (identical
+# results) and AVX2 forced (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2). R@1 gain over the untrained model:
+# GeM +18.3 .. +32.3 (smallest 20.0 native, 18.3 AVX2); NetVLAD (16 clusters, --netvlad_alpha_ratio 10) +10.0 ..
+# +21.3, but AVX2 --seed 1 collapsed (37.3 -> 18.3; README: NetVLAD on small images). This test runs --seed 0:
+# GeM +20.0 / +20.3, NetVLAD +18.0 / +18.7 (native / AVX2). One test query is 0.33 points.
 E2E_FLAGS = ["--dataset_name", "synthetic", "--resize", "32", "32", "--pretrain", "none", "--precision", "fp32",
              "--backbone", "resnet18conv4", "--lr", "3e-3", "--warmup_epochs", "0.5", "--scheduler", "cosine",
              "--train_batch_size", "8", "--negs_num_per_query", "3", "--neg_samples_num", "200",
              "--mining", "partial", "--cache_refresh_rate", "100", "--queries_per_epoch", "500",
              "--epochs_num", "5", "--patience", "10", "--infer_batch_size", "64", "--num_workers", "0",
              "--device", "cpu", "--seed", "0", "--recall_values", "1", "5"]
-VARIANTS = {"gem": ["--aggregation", "gem"], "netvlad": ["--aggregation", "netvlad", "--netvlad_clusters", "16"]}
-
-
+VARIANTS = {"gem": ["--aggregation", "gem"],
+            "netvlad": ["--aggregation", "netvlad", "--netvlad_clusters", "16", "--netvlad_alpha_ratio", "10"]}
 
 
 def untrained_recalls(args) -> dict[int, float]:
@@ -65,13 +66,13 @@ def test_training_beats_the_untrained_model(e2e_world: Path, tmp_path: Path, mon
                                "--infer_batch_size", "64", "--num_workers", "0", "--device", "cpu",
                                "--save_dir", f"{variant}_eval"])
     assert evaluated["recalls"] == pytest.approx(results["test"]["recalls"])
-    # bf16 autocast keeps recall: measured on the 6 checkpoints of the seeds above, |bf16 - fp32| <= 0.33 points
-    # (one query) at R@1, R@5, R@10; asserted within 1 point (3 queries), CPUs round differently. No --resize:
+    # bf16 autocast keeps recall: on the 56 checkpoints of the sweep above (emulated bf16 on the AVX2 path, native
+    # elsewhere), |bf16 - fp32| <= 1 point (3 queries) at R@1, R@5, R@10; asserted within 2 points. No --resize:
     # eval.py takes the checkpoint's 32×32.
     bf16 = eval_cli.main(["--datasets_folder", str(e2e_world), "--dataset_name", "synthetic", "--recall_values",
                           "1", "5", "--resume", best, "--infer_batch_size", "64", "--device", "cpu",
                           "--precision", "bf16", "--save_dir", f"{variant}_bf16"])
-    assert all(abs(bf16["recalls"][n] - r) <= 1.0 for n, r in evaluated["recalls"].items()), (bf16, evaluated)
+    assert all(abs(bf16["recalls"][n] - r) <= 2.0 for n, r in evaluated["recalls"].items()), (bf16, evaluated)
 
 
 def test_netvlad_init_is_seeded(monkeypatch) -> None:
@@ -88,6 +89,6 @@ def test_netvlad_init_is_seeded(monkeypatch) -> None:
     np.testing.assert_array_equal(centroids(3), centroids(3))
     seen = {}
     model = build_model({"aggregation": "netvlad", "netvlad_clusters": 4})
-    monkeypatch.setattr(model.aggregation, "init_params", lambda d, niter=100, seed=0: seen.update(seed=seed))
+    monkeypatch.setattr(model.aggregation, "init_params", lambda d, niter=100, seed=0, ratio=100.0: seen.update(seed=seed))
     initialize_aggregation(model, loader, "cpu", seed=7)
     assert seen == {"seed": 7}
