@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from commons import autocast, cpu_description
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -54,7 +55,6 @@ def model_conv_calls(model: torch.nn.Module, x: torch.Tensor, precision: str,
                      device: str) -> list[tuple[Callable[[], torch.Tensor], int]]:
     """(call, FLOPs) for each distinct convolution shape of model on input x (B×3×H×W): the model's own conv layers,
     timed alone in its memory format and precision, so that a limit covers the kernels the model really runs."""
-    from commons import autocast  # the project's autocast: the same dtype rules as the measured passes
     seen: dict[tuple, tuple[torch.Tensor, torch.nn.Conv2d, int]] = {}
 
     def hook(conv: torch.nn.Conv2d, inputs: tuple, out: torch.Tensor) -> None:
@@ -102,11 +102,13 @@ class LimitSampler:
         calls = self.calls[precision].setdefault("model_conv", [])
         calls += model_conv_calls(model, x, precision, self.device)
         for _ in range(repeats):
-            self.sample(precision)
+            self.sample(precision, kernels=("model_conv",))
 
-    def sample(self, precision: str) -> None:
-        """Time each kernel call of `precision` once more; keep the best rate of every kernel."""
+    def sample(self, precision: str, kernels: tuple[str, ...] | None = None) -> None:
+        """Time each call of the kernels of `precision` (default: all) once more; keep the best rate of each."""
         for kernel, calls in self.calls[precision].items():
+            if kernels is not None and kernel not in kernels:
+                continue
             best = max(flops / timed(fn, self.device) for fn, flops in calls)
             self.rates[precision][kernel] = max(self.rates[precision].get(kernel, 0.0), best)
 
@@ -123,9 +125,8 @@ def figure(value: float, unit: str, limit: float | None = None, rate: bool = Tru
 
 def machine_info(device: str, allocator_tuned: bool) -> dict:
     """What the figures were measured on, including the load average at the end of the run."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
     return {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-            "cpu": next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), ""),
+            "cpu": cpu_description()[0], "isa": cpu_description()[1],
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "allocator_tuned": allocator_tuned, "load_average": list(os.getloadavg())}
