@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= data/demo
 DEMO_FLAGS := --datasets_folder $(DEMO_DIR) --dataset_name synthetic --resize 32 32 --device cpu
+STUDY_DIR ?= logs/study
+STUDY_FLAGS ?=
 
 .PHONY: venv test lint demo clean gpu-check
 
@@ -30,8 +32,16 @@ demo: venv
 	$(PY) eval.py $(DEMO_FLAGS) --resume $$(ls -td logs/demo/*/ | head -1)best_model.pth \
 		--infer_batch_size 64 --num_workers 0 --save_dir demo_eval
 
+.PHONY: study
+study: venv  # every experiment of study/plan.toml (synthetic worlds, or DATASETS_FOLDER's Pitts30k/St Lucia)
+	$(PY) study.py --out $(STUDY_DIR) $(STUDY_FLAGS)
+
 gpu-check: venv  # one CUDA GPU: benchmark, fp16/bf16 trainings at 480x640, eval flat/ivfpq, resume
 	$(PY) -m tools.gpu_check
+
+.PHONY: report
+report: venv  # the PDF report of a study folder (phony: report/ is also a folder of the repository)
+	$(PY) report.py $(STUDY_DIR)
 
 clean:
 	rm -rf $(VENV) logs data/demo

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,11 @@ from PIL import Image
 from sklearn.neighbors import NearestNeighbors
 
 import dataset_plots as dp
-from commons import UserError, run_cli, setup_logging
-from datasets_ws import DATABASE_FOLDER_NAMES, find_subfolder, list_images, split_folder, utms_of
+from commons import CliParser, UserError, run_cli, setup_logging
+from datasets_ws import DATABASE_FOLDER_NAMES, IMAGE_EXTENSIONS, find_subfolder, list_images, split_folder, utms_of
+from images import ImageReadError
 from util import write_json
-from visualize import CORRECT, NEUTRAL, QUERY, framed_tile, load_thumbnail, tile_grid, utm_caption
+from visualize import CORRECT, NEUTRAL, QUERY, framed_tile, load_thumbnail, save_image, tile_grid, utm_caption
 
 SPLIT_ORDER = ("train", "val", "test")
 INT_HIST_MAX_BINS = 80  # integer data spanning more values than this gets HIST_BINS equal bins
@@ -46,7 +48,8 @@ def load_split(datasets_folder: str | None, dataset_name: str, split: str) -> Sp
     q = list_images(find_subfolder(folder, ("queries",), "queries"))
     for what, paths in (("database", db), ("queries", q)):
         if not paths:
-            raise UserError(f"no images in the {what} of {folder}; add .jpg/.png files or choose other --splits")
+            raise UserError(f"no images in the {what} of {folder}; add images ({'/'.join(IMAGE_EXTENSIONS)}) or "
+                            f"choose other --splits")
     return Split(split, db, q, utms_of(db), utms_of(q))
 
 
@@ -156,21 +159,37 @@ def plot_statistics(summary: dict, utms: dict[str, tuple[np.ndarray, np.ndarray]
     return paths
 
 
-def _tile(path: Path, frame: tuple[int, int, int], caption: str, height: int) -> Image.Image:
-    return framed_tile(load_thumbnail(path, height), frame, caption)
+@dataclass
+class Tiles:
+    """Makes the grids' tiles (thumbnails `height` px high). An unreadable image stops the analysis, or, with
+    skip_corrupt, is left out of the grids and listed in `skipped`."""
+    height: int
+    skip_corrupt: bool
+    skipped: list[Path] = field(default_factory=list)
+
+    def __call__(self, path: Path, frame: tuple[int, int, int], caption: str) -> Image.Image | None:
+        try:
+            return framed_tile(load_thumbnail(path, self.height), frame, caption)
+        except ImageReadError as e:
+            if not self.skip_corrupt:
+                raise UserError(f"{e}; or pass --skip_corrupt to leave such images out of the grids") from None
+            self.skipped.append(e.path)
+            return None
 
 
-def samples_grid(split: Split, n: int, rng: np.random.Generator, height: int) -> Image.Image:
-    """Up to n random database images and n random queries (height px high), captioned with their UTMs."""
+def samples_grid(split: Split, n: int, rng: np.random.Generator, tile: Tiles) -> Image.Image | None:
+    """Up to n random database images and n random queries, captioned with their UTMs (None: all unreadable)."""
     db_ids = rng.choice(len(split.database_paths), min(n, len(split.database_paths)), replace=False)
     q_ids = rng.choice(len(split.queries_paths), min(n, len(split.queries_paths)), replace=False)
-    db = [_tile(split.database_paths[i], NEUTRAL, utm_caption(split.database_utms[i]), height) for i in db_ids]
-    q = [_tile(split.queries_paths[i], QUERY, utm_caption(split.queries_utms[i]), height) for i in q_ids]
-    return tile_grid([("database samples", db), ("query samples", q)], n)
+    db = [tile(split.database_paths[i], NEUTRAL, utm_caption(split.database_utms[i])) for i in db_ids]
+    q = [tile(split.queries_paths[i], QUERY, utm_caption(split.queries_utms[i])) for i in q_ids]
+    sections = [(title, [t for t in ts if t is not None]) for title, ts in (("database samples", db),
+                                                                            ("query samples", q))]
+    return tile_grid(sections, n) if any(ts for _, ts in sections) else None
 
 
 def positives_grid(split: Split, threshold: float, n: int, rng: np.random.Generator,
-                   height: int) -> Image.Image | None:
+                   tile: Tiles) -> Image.Image | None:
     """Random queries with positives, each beside its n-1 nearest positives; None when no query has one."""
     with_pos = np.flatnonzero(positives_per_query(split.database_utms, split.queries_utms, threshold) > 0)
     sections = []
@@ -178,37 +197,32 @@ def positives_grid(split: Split, threshold: float, n: int, rng: np.random.Genera
         d = np.linalg.norm(split.database_utms - split.queries_utms[q], axis=1)  # N_db metres
         near = np.argsort(d, kind="stable")[:n - 1]
         near = near[d[near] <= threshold]
-        tiles = [_tile(split.queries_paths[q], QUERY, "query\n", height)]
-        tiles += [_tile(split.database_paths[i], CORRECT, f"db {i}\n{d[i]:.1f} m", height) for i in near]
-        sections.append((f"query {q}: {int((d <= threshold).sum())} positives within {threshold:g} m "
-                         f"(nearest shown)", tiles))
+        query = tile(split.queries_paths[q], QUERY, "query\n")
+        tiles = [tile(split.database_paths[i], CORRECT, f"db {i}\n{d[i]:.1f} m") for i in near]
+        if query is not None:
+            sections.append((f"query {q}: {int((d <= threshold).sum())} positives within {threshold:g} m "
+                             f"(nearest shown)", [query] + [t for t in tiles if t is not None]))
     return tile_grid(sections, n) if sections else None
 
 
 def sample_grids(split: Split, out: Path, threshold: float, n: int, rng: np.random.Generator,
-                 height: int = 96) -> list[Path]:
+                 tile: Tiles) -> list[Path]:
     """Write samples_<split>.png and query_positives_<split>.png (the only step that opens images)."""
-    paths = [out / f"samples_{split.name}.png"]
-    samples_grid(split, n, rng, height).save(paths[0])
-    grid = positives_grid(split, threshold, n, rng, height)
-    if grid is None:
-        logging.warning(f"{split.name}: no query has a positive within {threshold:g} m; no positives grid")
-    else:
-        paths.append(out / f"query_positives_{split.name}.png")
-        grid.save(paths[-1])
+    paths = []
+    for name, grid in (("samples", samples_grid(split, n, rng, tile)),
+                       ("query_positives", positives_grid(split, threshold, n, rng, tile))):
+        if grid is None:
+            logging.warning(f"{split.name}: no {name.replace('_', ' ')} grid (no query has a positive within "
+                            f"{threshold:g} m, or no readable image)")
+        else:
+            paths.append(save_image(grid, out / f"{name}_{split.name}.png"))
     return paths
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one-line UserErrors."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message}; see python analyze_dataset.py --help")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse and validate the command line."""
-    p = _Parser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CliParser(prog="analyze_dataset.py", description=__doc__.splitlines()[0],
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--datasets_folder", default=os.environ.get("DATASETS_FOLDER"),
                    help="folder holding <dataset_name>/images/...; defaults to $DATASETS_FOLDER")
     p.add_argument("--dataset_name", default="pitts30k")
@@ -220,10 +234,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grid_height", type=int, default=96, help="pixel height of each image in the grids")
     p.add_argument("--no_grids", action="store_true", help="skip the image grids (the only step that opens images)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random grid samples")
+    p.add_argument("--skip_corrupt", action="store_true", help="leave unreadable images out of the grids (listed)")
     args = p.parse_args(argv)
     for name in ("train_positives_dist_threshold", "val_positive_dist_threshold"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name} must be > 0 metres, got {getattr(args, name)}")
+        if not 0 < getattr(args, name) < math.inf:
+            raise UserError(f"--{name} must be a finite number > 0 of metres, got {getattr(args, name)}")
     if args.grid_size < 2:
         raise UserError(f"--grid_size must be >= 2 (a query and a positive), got {args.grid_size}")
     if args.grid_height < 8:
@@ -233,32 +248,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Analyze the dataset, write the plots and summary.json into --out, and return the summary."""
-    args = parse_args(argv)
-    out = Path(args.out)
+def make_out(out: Path) -> None:
+    """Create the --out folder, with a one-line error when it cannot be."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --out {out} ({e.strerror}); choose another folder") from None
+
+
+def report_skipped(tile: Tiles, summary: dict) -> None:
+    """With --skip_corrupt: list the images left out of the grids (console: the first ten) and in summary.json."""
+    if tile.skipped:
+        logging.warning(f"--skip_corrupt: left {len(tile.skipped)} unreadable images out of the grids:" +
+                        "".join(f"\n  {p}" for p in tile.skipped[:10]) +
+                        (f"\n  ... and {len(tile.skipped) - 10} more" if len(tile.skipped) > 10 else ""))
+        summary["unreadable_in_grids"] = [str(p) for p in tile.skipped]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Analyze the dataset, write summary.json (first: a failed figure loses no number), the plots and the grids
+    into --out, and return the summary."""
+    args = parse_args(argv)
     setup_logging(None)
     splits = [load_split(args.datasets_folder, args.dataset_name, s)
               for s in args.splits or default_splits(args.datasets_folder, args.dataset_name)]
+    out = Path(args.out)
+    make_out(out)  # the inputs are valid: a failed invocation leaves nothing
     utms = {s.name: (s.database_utms, s.queries_utms) for s in splits}
     thresholds = {"train": args.train_positives_dist_threshold, "eval": args.val_positive_dist_threshold}
     summary = dataset_summary(args.dataset_name, utms, thresholds)
-    paths = plot_statistics(summary, utms, out)
-    if not args.no_grids:
-        rng = np.random.default_rng(args.seed)
-        for s in splits:
-            paths += sample_grids(s, out, args.val_positive_dist_threshold, args.grid_size, rng, args.grid_height)
-    summary["figures"] = [p.name for p in paths]
     write_json(out / "summary.json", summary)
     for s, st in summary["splits"].items():
         pos = st["positives_per_query"][f"{args.val_positive_dist_threshold:g}"]
         logging.info(f"{s}: {st['database_num']} database, {st['queries_num']} queries, median "
                      f"{pos['median']:g} positives within {args.val_positive_dist_threshold:g} m, "
                      f"{pos['queries_without_positives']} queries without positives")
+    paths = plot_statistics(summary, utms, out)
+    if not args.no_grids:
+        rng, tile = np.random.default_rng(args.seed), Tiles(args.grid_height, args.skip_corrupt)
+        for s in splits:
+            paths += sample_grids(s, out, args.val_positive_dist_threshold, args.grid_size, rng, tile)
+        report_skipped(tile, summary)
+    summary["figures"] = [p.name for p in paths]
+    write_json(out / "summary.json", summary)
     logging.info(f"wrote {len(paths)} figures and summary.json to {out}")
     return summary
 

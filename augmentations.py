@@ -27,7 +27,7 @@ KNOBS: dict[str, tuple[str, float, float]] = {
     "gaussian_blur": ("Gaussian blur: maximum sigma in pixels (drawn from [0.1, x])", 0, float("inf")),
     "random_erasing": ("random erasing: probability of zeroing a random rectangle", 0, 1),
     "grayscale": ("random grayscale: probability", 0, 1),
-    "horizontal_flip": ("random horizontal flip: probability", 0, 1),
+    "horizontal_flip": ("random horizontal flip: probability; without a value 0.5 (dVGL's bare switch)", 0, 1),
 }
 PRESETS: dict[str, dict[str, float]] = {
     "none": {},
@@ -37,6 +37,10 @@ PRESETS: dict[str, dict[str, float]] = {
                "grayscale": 0.1},
 }
 JITTER_KNOBS = ("brightness", "contrast", "saturation", "hue")
+# dVGL spellings accepted as well: --rand_perspective, and --horizontal_flipping (as written in dVGL's README).
+DVGL_ALIASES: dict[str, tuple[str, ...]] = {"random_perspective": ("--rand_perspective",),
+                                            "horizontal_flip": ("--horizontal_flipping",)}
+BARE_SWITCH: dict[str, float] = {"horizontal_flip": 0.5}  # knob given without a value (dVGL's bare switch)
 
 
 def add_augmentation_args(p: argparse.ArgumentParser) -> None:
@@ -47,7 +51,8 @@ def add_augmentation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment_targets", choices=["queries", "all"], default="queries",
                    help="augment only the training queries, or queries, positives and negatives")
     for name, (text, _, _) in KNOBS.items():
-        g.add_argument(f"--{name}", type=float, default=None, help=text)
+        bare = {"nargs": "?", "const": BARE_SWITCH[name]} if name in BARE_SWITCH else {}
+        g.add_argument(f"--{name}", *DVGL_ALIASES.get(name, ()), dest=name, type=float, default=None, help=text, **bare)
 
 
 def validate_augmentation_args(args: argparse.Namespace) -> None:

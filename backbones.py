@@ -1,6 +1,8 @@
 """Backbone registry: each entry builds a feature extractor image B×3×H×W → feature map B×C×H'×W'.
 
-Add a backbone with one function decorated by @register_backbone(name) returning a Backbone.
+Add a backbone with one function decorated by @register_backbone(name) returning a Backbone. Builders take
+`pretrained`: False (random), True or "imagenet" (torchvision's ImageNet weights), or "places" / "gldv2" (files of the
+VG benchmark authors, see external_weights.py).
 """
 from __future__ import annotations
 
@@ -10,35 +12,40 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+import external_weights
+from cct import CCTFeatures, resample_grid
 from commons import UserError
 
 BACKBONES: dict[str, Callable[..., "Backbone"]] = {}
 INPUT_MULTIPLE: dict[str, int] = {}  # backbone -> input H and W must be multiples of this (ViT patch size)
 CLS_BACKBONES: set[str] = set()  # backbones that can deliver a CLS token (for --aggregation cls)
+TRANSFORMER_BACKBONES: set[str] = set()  # backbones with transformer blocks (for --trunc_te / --freeze_te)
 
 
 @dataclass
 class Backbone:
-    """A feature extractor, its output channels, and the children frozen when pretrained."""
+    """A feature extractor, its output channels, and the children (or parameters) frozen when pretrained."""
     net: nn.Module
     out_dim: int
-    frozen: list[nn.Module]
+    frozen: list[nn.Module | nn.Parameter]
 
 
-def register_backbone(name: str, input_multiple: int = 1, cls_token: bool = False):
-    """Decorator adding a builder(pretrained: bool, aggregation: str) -> Backbone to BACKBONES.
+def register_backbone(name: str, input_multiple: int = 1, cls_token: bool = False, transformer: bool = False):
+    """Decorator adding a builder(pretrained: bool | str, aggregation: str) -> Backbone to BACKBONES.
 
-    input_multiple: image sides must be multiples of it; cls_token: the backbone supports --aggregation cls.
+    input_multiple: image sides must be multiples of it; cls_token: the backbone supports --aggregation cls;
+    transformer: its net has a `blocks` sequence of transformer blocks (somewhere in it), for --trunc_te/--freeze_te.
     """
     def deco(fn):
         BACKBONES[name] = fn
         INPUT_MULTIPLE[name] = input_multiple
         if cls_token:
             CLS_BACKBONES.add(name)
+        if transformer:
+            TRANSFORMER_BACKBONES.add(name)
         return fn
     return deco
 
@@ -60,8 +67,15 @@ def load_torchvision(arch: str, weights_enum: str | None):
                         f"download {weights.url} to {path}, or pass --pretrain none") from None
 
 
-def _resnet(arch: str, weights: str, last_layer: str, out_dim: int, pretrained: bool) -> Backbone:
-    model = load_torchvision(arch, weights if pretrained else None)
+def load_weights(arch: str, imagenet_weights: str, pretrained: bool | str) -> nn.Module:
+    """torchvision model `arch`: random (pretrained False), ImageNet (True, "imagenet") or --pretrain places/gldv2."""
+    if pretrained in external_weights.PRETRAIN_SOURCES:
+        return external_weights.load_pretrained_net(arch, pretrained)
+    return load_torchvision(arch, imagenet_weights if pretrained else None)
+
+
+def _resnet(arch: str, weights: str, last_layer: str, out_dim: int, pretrained: bool | str) -> Backbone:
+    model = load_weights(arch, weights, pretrained)
     names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
     names = names[: names.index(last_layer) + 1]
     children = [getattr(model, n) for n in names]
@@ -80,6 +94,18 @@ def resnet18conv5(pretrained: bool, aggregation: str = "") -> Backbone:
     return _resnet("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4", 512, pretrained)
 
 
+@register_backbone("resnet101conv4")
+def resnet101conv4(pretrained: bool, aggregation: str = "") -> Backbone:
+    """ResNet-101 cut after layer3: 1024 channels at stride 16."""
+    return _resnet("resnet101", "ResNet101_Weights.IMAGENET1K_V1", "layer3", 1024, pretrained)
+
+
+@register_backbone("resnet101conv5")
+def resnet101conv5(pretrained: bool, aggregation: str = "") -> Backbone:
+    """ResNet-101 up to layer4: 2048 channels at stride 32."""
+    return _resnet("resnet101", "ResNet101_Weights.IMAGENET1K_V1", "layer4", 2048, pretrained)
+
+
 @register_backbone("resnet50conv4")
 def resnet50conv4(pretrained: bool, aggregation: str = "") -> Backbone:
     """ResNet-50 cut after layer3: 1024 channels at stride 16."""
@@ -95,21 +121,26 @@ def resnet50conv5(pretrained: bool, aggregation: str = "") -> Backbone:
 @register_backbone("vgg16")
 def vgg16(pretrained: bool, aggregation: str = "") -> Backbone:
     """VGG-16 convolutional part without the last max-pool: 512 channels at stride 16."""
-    model = load_torchvision("vgg16", "VGG16_Weights.IMAGENET1K_V1" if pretrained else None)
+    model = load_weights("vgg16", "VGG16_Weights.IMAGENET1K_V1", pretrained)
     layers = list(model.features.children())[:-1]
     # conv5 block (last 6 layers: 3×(conv, relu)) is trained, earlier layers frozen when pretrained
     return Backbone(nn.Sequential(*layers), 512, frozen=layers[:-6])
+
+
+@register_backbone("alexnet")
+def alexnet(pretrained: bool, aggregation: str = "") -> Backbone:
+    """AlexNet convolutional part up to conv5, without its last ReLU and max-pool (as in dVGL): 256 channels at
+    stride 16. When pretrained, conv1 and conv2 are frozen."""
+    model = load_weights("alexnet", "AlexNet_Weights.IMAGENET1K_V1", pretrained)
+    layers = list(model.features.children())[:-2]  # drop conv5's ReLU and the last max-pool
+    return Backbone(nn.Sequential(*layers), 256, frozen=layers[:5])  # conv1, ReLU, pool, conv2, ReLU
 
 
 def interpolate_pos_embedding(pos: torch.Tensor, grid: int, h: int, w: int) -> torch.Tensor:
     """Position embeddings 1×(1+grid²)×C (CLS first) resampled to an h×w patch grid: 1×(1+h·w)×C (bicubic)."""
     if (h, w) == (grid, grid):
         return pos
-    cls, patches = pos[:, :1], pos[:, 1:]
-    c = pos.shape[-1]
-    patches = patches.reshape(1, grid, grid, c).permute(0, 3, 1, 2)  # 1×C×g×g
-    patches = F.interpolate(patches, size=(h, w), mode="bicubic", align_corners=False)
-    return torch.cat([cls, patches.flatten(2).transpose(1, 2)], dim=1)
+    return torch.cat([pos[:, :1], resample_grid(pos[:, 1:], grid, h, w)], dim=1)
 
 
 class PatchEmbedding(nn.Module):
@@ -154,15 +185,62 @@ class ViTFeatures(nn.Module):
         return tokens[:, 1:].transpose(1, 2).reshape(len(x), -1, h, w)  # B×C×h×w
 
 
-@register_backbone("vit_b_16", input_multiple=16, cls_token=True)
+@register_backbone("vit_b_16", input_multiple=16, cls_token=True, transformer=True)
 def vit_b_16(pretrained: bool, aggregation: str = "") -> Backbone:
     """ViT-B/16: 768 channels at stride 16 (patch tokens), or the CLS token for --aggregation cls.
 
     When pretrained, the patch embedding and all but the last transformer block are frozen.
     """
-    vit = load_torchvision("vit_b_16", "ViT_B_16_Weights.IMAGENET1K_V1" if pretrained else None)
+    vit = load_weights("vit_b_16", "ViT_B_16_Weights.IMAGENET1K_V1", pretrained)
     net = ViTFeatures(vit, cls_token=aggregation == "cls")
     return Backbone(net, vit.hidden_dim, frozen=[net.embed, *list(net.blocks)[:-1]])
+
+
+@register_backbone("vit", input_multiple=16, cls_token=True, transformer=True)
+def vit(pretrained: bool, aggregation: str = "") -> Backbone:
+    """dVGL's name for ViT-B/16: the same network as vit_b_16 (torchvision's ImageNet-1k weights, see README)."""
+    return vit_b_16(pretrained, aggregation)
+
+
+@register_backbone("cct384", input_multiple=16, transformer=True)
+def cct384(pretrained: bool, aggregation: str = "") -> Backbone:
+    """CCT-14/7x2 of cct.py: 384 channels at stride 16. ImageNet weights are the CCT authors' file
+    (external_weights.load_cct384_imagenet). When pretrained, the tokenizer, the position embedding and all but the
+    last transformer block are frozen."""
+    if pretrained in external_weights.PRETRAIN_SOURCES:
+        external_weights.pretrained_net_path("cct384", pretrained)  # stops: no such weights were released
+    path = external_weights.cct384_imagenet_path() if pretrained else None  # stops before building if missing
+    net = CCTFeatures()
+    if path is not None:
+        external_weights.load_cct384_imagenet(net, path)
+    blocks = list(net.classifier.blocks)
+    return Backbone(net, net.out_dim, frozen=[net.tokenizer, net.classifier.positional_emb, *blocks[:-1]])
+
+
+def _blocks_owner(net: nn.Module) -> nn.Module:
+    """The submodule of a transformer backbone that holds its blocks (an nn.Sequential named `blocks`)."""
+    return next(m for m in net.modules() if isinstance(getattr(m, "blocks", None), nn.Sequential))
+
+
+def truncate_blocks(bb: Backbone, keep: int) -> Backbone:
+    """dVGL's --trunc_te N: keep the first N transformer blocks. When pretrained, the stem and all kept blocks but
+    the last stay frozen."""
+    owner = _blocks_owner(bb.net)
+    kept = owner.blocks[:keep]
+    owner.blocks = kept
+    params = {id(p) for p in bb.net.parameters()}
+    frozen = [m for m in bb.frozen if m is not kept[-1]
+              and all(id(p) in params for p in ([m] if isinstance(m, nn.Parameter) else m.parameters()))]
+    return Backbone(bb.net, bb.out_dim, frozen)
+
+
+def freeze_blocks(bb: Backbone, upto: int) -> None:
+    """dVGL's --freeze_te N: freeze the whole backbone except the transformer blocks after block N (0-based;
+    N = -1 trains every block)."""
+    for p in bb.net.parameters():
+        p.requires_grad = False
+    for p in _blocks_owner(bb.net).blocks[upto + 1:].parameters():
+        p.requires_grad = True
 
 
 def input_multiple(name: str) -> int:
@@ -170,17 +248,30 @@ def input_multiple(name: str) -> int:
     return INPUT_MULTIPLE.get(name, 1)
 
 
-def build_backbone(name: str, pretrained: bool, aggregation: str, train_all_layers: bool = False) -> Backbone:
-    """Build a registered backbone; when pretrained, freeze the blocks before the last unless asked not to."""
+def build_backbone(name: str, pretrained: bool | str, aggregation: str, train_all_layers: bool = False,
+                   trunc_te: int | None = None, freeze_te: int | None = None) -> Backbone:
+    """Build a registered backbone; when pretrained, freeze the blocks before the last unless asked not to.
+
+    Transformer backbones only: trunc_te keeps the first trunc_te blocks; freeze_te freezes everything up to block
+    freeze_te (whether pretrained or not), instead of the default freezing.
+    """
     if name not in BACKBONES:
         raise UserError(f"unknown backbone '{name}'; choose one of {', '.join(sorted(BACKBONES))}")
     if aggregation == "cls" and name not in CLS_BACKBONES:
         raise UserError(f"--aggregation cls needs a backbone with a CLS token ({', '.join(sorted(CLS_BACKBONES))}), "
                         f"not {name}; change --backbone or --aggregation")
+    if (trunc_te is not None or freeze_te is not None) and name not in TRANSFORMER_BACKBONES:
+        raise UserError(f"--trunc_te/--freeze_te apply to transformer backbones "
+                        f"({', '.join(sorted(TRANSFORMER_BACKBONES))}), not {name}; drop them")
     bb = BACKBONES[name](pretrained, aggregation)
-    if pretrained and not train_all_layers:
+    if trunc_te:
+        bb = truncate_blocks(bb, trunc_te)
+    if freeze_te is not None:
+        freeze_blocks(bb, freeze_te)
+        logging.debug(f"{name}: froze everything up to transformer block {freeze_te} (--freeze_te)")
+    elif pretrained and not train_all_layers:
         for module in bb.frozen:
-            for p in module.parameters():
+            for p in [module] if isinstance(module, nn.Parameter) else module.parameters():
                 p.requires_grad = False
         logging.debug(f"{name}: froze {len(bb.frozen)} leading children (pretrained)")
     return bb

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import train
 from benchmarks.limits import DTYPES, LimitSampler, figure, format_table, machine_info, timed
 from benchmarks.workload import TensorTriplets, mining_seconds, search_seconds, write_world
-from commons import UserError, autocast, prepare_model, run_cli, tune_allocator, uses_channels_last
+from commons import CliParser, UserError, autocast, prepare_model, run_cli, tune_allocator, uses_channels_last
 from datasets_ws import BaseDataset, TripletsDataset
 from evaluation import extract_features
 from losses import build_criterion
@@ -55,7 +55,7 @@ OVERRIDES = ("images", "batch", "steps", "repeats", "num_workers", "cache_db")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags; a.size holds the sizes of the mode with the overrides applied."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = CliParser(prog="benchmark.py", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (CI)")
     p.add_argument("--out", default="bench.json", help="JSON file with all figures")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")

@@ -10,8 +10,6 @@ the training flags plus its evaluation flags. Runs that differ only in --seed ar
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import logging
 import os
@@ -20,33 +18,33 @@ from typing import Any
 
 import numpy as np
 
-from commons import UserError, run_cli
+from commons import CliParser, UserError, run_cli
+from results_output import (LATEX_ESCAPES, RECALLS, format_cell, format_metric, key_of,  # noqa: F401 (API)
+                            plot_ablations, sort_key, to_csv, to_latex, to_markdown, write_text)
 
-RECALLS = (1, 5, 10)
 RUN_METRICS = ("train_time_s", "epochs")
-# never shown as flags nor used to tell runs apart (seed: runs differing only in it are merged)
-IGNORED = {"save_dir", "resume", "datasets_folder", "device", "num_workers", "infer_batch_size", "log_level",
+# never shown as flags nor used to tell runs apart (seed: runs differing only in it are merged); the data
+# (--datasets_folder, --dataset_name) are part of a run's identity: runs on other data are never merged
+IGNORED = {"save_dir", "resume", "device", "num_workers", "infer_batch_size", "log_level",
            "seed", "recall_values", "skip_corrupt", "recall_thresholds", "save_predictions",
            "save_only_wrong_predictions"}
 # eval.py flags that are not evaluation settings (dataset_name and split become the column label)
-EVAL_NOT_SETTINGS = IGNORED | {"dataset_name", "split", "pretrain", "resize", "precision"}
+EVAL_NOT_SETTINGS = IGNORED | {"datasets_folder", "dataset_name", "split", "pretrain", "resize", "precision"}
 SHARED_SETTINGS = ("val_positive_dist_threshold", "test_resize", "index")  # train.py flags eval.py may change
 
 
 def read_json(path: Path) -> dict | None:
-    """The JSON object in path, or None (with a warning) when it is missing or unreadable."""
+    """The JSON object in path, or None when there is no such file; UserError when it is not a JSON object."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        logging.warning(f"skipping unreadable {path}: {e}")
-        return None
-
-
-def key_of(value: Any) -> str:
-    """A hashable, order-independent representation of a JSON value."""
-    return json.dumps(value, sort_keys=True)
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); remove it or move it out of the folders collected") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} holds a JSON {type(obj).__name__}, not the object train.py/eval.py write; remove "
+                        f"it or move it out of the folders collected")
+    return obj
 
 
 def eval_defaults() -> dict:
@@ -186,21 +184,6 @@ def varied_flags(groups: list[dict]) -> list[str]:
     return [k for k in names if len({key_of(g["flags"].get(k)) for g in groups}) > 1]
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def sort_key(value: Any) -> tuple:
-    """Numbers first (by value), then lists of numbers (e.g. sizes, by value), other values (by text), missing ones."""
-    if value is None:
-        return (3, ())
-    if is_number(value):
-        return (0, (float(value),))
-    if isinstance(value, list) and all(is_number(v) for v in value):
-        return (1, tuple(float(v) for v in value))
-    return (2, (key_of(value),))
-
-
 def build_table(collection: Collection) -> tuple[list[str], list[dict], list[str]]:
     """Header, rows (column → value; metrics as (mean, std, count)) and the varied flags."""
     groups = group_rows(collection.rows)
@@ -221,115 +204,9 @@ def build_table(collection: Collection) -> tuple[list[str], list[dict], list[str
     return header, table, flags
 
 
-def write_csv(path: Path, header: list[str], table: list[dict]) -> None:
-    """Plain numbers: a metric's mean, and a '<metric> std' column when some row merges several seeds."""
-    metric_cols = [c for c in header if table and isinstance(table[0].get(c), tuple)]
-    with_std = [c for c in metric_cols if any(r[c][1] is not None for r in table)]
-    cols = [x for c in header for x in ([c, f"{c} std"] if c in with_std else [c])]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for r in table:
-            cells = {c: format_cell(r.get(c)) for c in header if c not in metric_cols}
-            cells.update({c: "" if r[c][0] is None else repr(r[c][0]) for c in metric_cols})
-            cells.update({f"{c} std": "" if r[c][1] is None else repr(r[c][1]) for c in with_std})
-            w.writerow([cells[c] for c in cols])
-
-
-def format_cell(value: Any) -> str:
-    """Text of a flag value: '' for missing, sizes as 'HxW', numbers in their shortest form."""
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else " ".join(map(str, value))
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def format_metric(col: str, stat: tuple, runs: int) -> str:
-    """'mean ± std' (or 'mean', or '' when missing), '(n=k)' when only k of the runs have the number;
-    one decimal, epochs in their shortest form."""
-    mean, std, count = stat
-    if mean is None:
-        return ""
-    fmt = "{:g}" if col == "epochs" else "{:.1f}"
-    return (fmt.format(mean) + ("" if std is None else " ± " + fmt.format(std)) +
-            ("" if count == runs else f" (n={count})"))
-
-
-def text_cells(header: list[str], row: dict) -> list[str]:
-    """The displayed cells of a table row."""
-    return [format_metric(c, row[c], row["runs"]) if isinstance(row.get(c), tuple) else format_cell(row.get(c))
-            for c in header]
-
-
-def to_markdown(header: list[str], table: list[dict]) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = [header, ["---"] * len(header)] + [text_cells(header, r) for r in table]
-    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines) + "\n"
-
-
-LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
-
-
-def to_latex(header: list[str], table: list[dict]) -> str:
-    """A booktabs tabular."""
-    def esc(text: str) -> str:
-        return "".join(LATEX_ESCAPES.get(ch, ch) for ch in text)
-    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
-             " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join(esc(c) for c in text_cells(header, r)) + r" \\" for r in table]
-    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
-
-
-def plot_flag(ax, table: list[dict], f: str, others: list[str], label: str, xpos) -> None:
-    """R@N on dataset `label` against flag f; one line style per setting of the `others` flags."""
-    lines: dict[str, list[dict]] = {}
-    for r in table:
-        lines.setdefault(", ".join(f"{k}={format_cell(r[k]) or 'default'}" for k in others), []).append(r)
-    for i, (name, rows) in enumerate(lines.items()):
-        rows = sorted(rows, key=lambda r: sort_key(r[f]))
-        for j, n in enumerate(RECALLS):
-            pts = [(xpos(r[f]), *r[f"{label} R@{n}"][:2]) for r in rows if r[f"{label} R@{n}"][0] is not None]
-            if pts:
-                x, y, e = zip(*pts)
-                ax.errorbar(x, y, yerr=[v or 0 for v in e], color=f"C{j}", marker="os^vD"[i % 5], capsize=3,
-                            linestyle=("-", "--", ":", "-.")[i % 4], label=f"R@{n}" + (f" ({name})" if name else ""))
-    ax.set(title=label, xlabel=f, ylabel="recall (%)")
-    if ax.lines:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-
-
-def plot_ablations(table: list[dict], flags: list[str], labels: list[str], out: Path) -> list[Path]:
-    """recall_vs_<flag>.png for every varied flag: R@N per evaluated dataset against the flag's values
-    (error bars: std over seeds)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    paths = []
-    for f in flags:
-        ticks = sorted({key_of(r[f]): r[f] for r in table}.values(), key=sort_key)
-        numeric = all(sort_key(v)[0] == 0 for v in ticks)
-        order = [key_of(v) for v in ticks]
-        # flags whose value follows from f (e.g. test_resize = resize) do not split lines
-        others = [k for k in flags if k != f and len({(key_of(r[f]), key_of(r[k])) for r in table}) > len(ticks)]
-        fig, axes = plt.subplots(len(labels), 1, figsize=(5, 4 * len(labels)), squeeze=False)
-        for ax, label in zip(axes[:, 0], labels):
-            plot_flag(ax, table, f, others, label, lambda v: float(v) if numeric else order.index(key_of(v)))
-            if not numeric:
-                ax.set_xticks(range(len(ticks)), [format_cell(v) or "default" for v in ticks], rotation=30)
-        fig.tight_layout()
-        paths.append(out / f"recall_vs_{f}.png")
-        fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
-        plt.close(fig)
-    return paths
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Scan the run folders, write results.csv/.md/.tex and recall_vs_<flag>.png into --out."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = CliParser(prog="collect_results.py", description=__doc__.splitlines()[0])
     p.add_argument("roots", nargs="+", type=Path, help="folders holding run folders, e.g. logs/ or logs/<save_dir>")
     p.add_argument("--out", type=Path, required=True, help="output folder of the tables and plots")
     p.add_argument("--no_plots", action="store_true")
@@ -343,10 +220,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"no run folders (with results.json or args.json) under {', '.join(map(str, a.roots))}; "
                         f"pass the folder train.py/eval.py wrote to (logs/<save_dir>)")
     header, table, flags = build_table(collection)
-    a.out.mkdir(parents=True, exist_ok=True)
-    write_csv(a.out / "results.csv", header, table)
-    (a.out / "results.md").write_text(to_markdown(header, table))
-    (a.out / "results.tex").write_text(to_latex(header, table))
+    if a.out.exists() and not a.out.is_dir():
+        raise UserError(f"--out {a.out} is a file; name a folder for the tables and plots")
+    try:
+        a.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {a.out} ({e.strerror}); choose another folder") from None
+    for name, text in (("csv", to_csv(header, table)), ("md", to_markdown(header, table)),
+                       ("tex", to_latex(header, table))):
+        write_text(a.out / f"results.{name}", text)
     plots = [] if a.no_plots else plot_ablations(table, flags, collection.labels, a.out)
     print(f"{len(table)} rows from {len(collection.rows)} runs -> {a.out}/results.{{csv,md,tex}}, {len(plots)} plots")
     return {"header": header, "rows": table, "varied": flags, "plots": plots}

@@ -1,58 +1,123 @@
-"""Shared plumbing: user-facing errors, logging, seeding, allocator tuning, atomic saves."""
+"""Shared plumbing: user-facing errors and the CLI runner, logging, seeding, allocator tuning, device settings."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import random
+import signal
 import sys
-import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 import torch
+
+from runlog import log_to_folder, setup_logging  # noqa: F401 (re-exported: the CLIs' logging)
 
 
 class UserError(Exception):
     """A problem caused by the user's input. Its message is one line: what is wrong and how to fix it."""
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (cluster pre-emption, e.g. SLURM); run_cli handles it like Ctrl-C."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one-line UserErrors: the error leads, no usage dump (see run_cli)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        prog = self.prog if self.prog.startswith("python") else f"python {self.prog}"
+        raise UserError(f"{message}; see {prog} --help")
+
+
+EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143  # 128 + SIGINT / SIGTERM, as shells report
+OS_ERROR_FIXES = {errno.ENOSPC: "free disk space or write elsewhere",
+                  errno.EDQUOT: "free space in your quota or write elsewhere",
+                  errno.EROFS: "the file system is read-only: write elsewhere",
+                  errno.EACCES: "write elsewhere, or get write permission there",
+                  errno.EPERM: "write elsewhere, or get permission there",
+                  errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+                  errno.EEXIST: "a file is in the way: remove it or choose another path",
+                  errno.EISDIR: "it is a folder: name a file",
+                  errno.ENOENT: "check the path",
+                  errno.ENOMEM: "use smaller sizes or a machine with more memory"}
+_stop_hint: Callable[[BaseException], str] | None = None
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: the file, the OS's reason, and what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}; {OS_ERROR_FIXES.get(e.errno, 'check the path and its permissions')}"
+
+
+def set_stop_hint(hint: Callable[[BaseException], str] | None) -> None:
+    """Register the line printed under every early stop of this CLI (error, Ctrl-C, SIGTERM): where the run is and
+    the exact command that continues it. hint(exception) -> text; None clears it."""
+    global _stop_hint
+    _stop_hint = hint
+
+
+def stop_message(headline: str, exc: BaseException) -> str:
+    """The text printed when a CLI stops early: headline, then the registered hint on a second line."""
+    try:
+        hint = _stop_hint(exc) if _stop_hint else ""
+    except Exception:  # noqa: BLE001 - a failing hint must not hide the headline
+        logging.getLogger(__name__).debug("stop hint failed", exc_info=True)
+        hint = ""
+    return headline + (f"\n{hint}" if hint else "")
+
+
+def _stop(headline: str, code: int, exc: BaseException) -> NoReturn:
+    logging.getLogger(__name__).debug(f"stopped: {headline}", exc_info=exc)
+    print(stop_message(headline, exc), file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    if os.getpid() != _main_pid:  # a forked worker (DataLoader): die as SIGTERM asks
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
+_main_pid = os.getpid()
+
+
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a CLI entry point, turning user errors into one-line messages and a non-zero exit."""
+    """Run a CLI entry point: every failure the user can act on is one line and a non-zero exit, no traceback.
+
+    UserError and OSError (full disk, read-only folder, a file in the way...) exit with code 2; Ctrl-C with 130 and
+    SIGTERM with 143 (both: the registered stop hint says where the run is and how to continue it).
+    """
+    global _main_pid
+    set_stop_hint(None)  # a hint left by a main called directly (tests) belongs to another run
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        _main_pid = os.getpid()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         main(argv)
     except UserError as e:
-        logging.getLogger(__name__).debug("user error", exc_info=True)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; continue with --resume", file=sys.stderr)
-        sys.exit(130)
-
-
-def setup_logging(output_folder: str | Path | None, console: str = "info") -> None:
-    """Log to console and, when output_folder is given, to output_folder/info.log and debug.log."""
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-        h.close()
-    root.setLevel(logging.DEBUG)
-    fmt = logging.Formatter("%(asctime)s   %(message)s", "%Y-%m-%d %H:%M:%S")
-    if output_folder is not None:
-        Path(output_folder).mkdir(parents=True, exist_ok=True)
-        for name, level in (("info.log", logging.INFO), ("debug.log", logging.DEBUG)):
-            fh = logging.FileHandler(Path(output_folder) / name)
-            fh.setLevel(level)
-            fh.setFormatter(fmt)
-            root.addHandler(fh)
-    ch = logging.StreamHandler(sys.stdout)
-    ch.setLevel(getattr(logging, console.upper()))
-    ch.setFormatter(fmt)
-    root.addHandler(ch)
-    for noisy in ("PIL", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        _stop(f"error: {e}", EXIT_USER_ERROR, e)
+    except OSError as e:
+        _stop(f"error: {os_error_message(e)}", EXIT_USER_ERROR, e)
+    except MemoryError as e:
+        _stop("error: out of memory; use smaller sizes or a machine with more memory", EXIT_USER_ERROR, e)
+    except KeyboardInterrupt as e:
+        _stop("interrupted (Ctrl-C)", EXIT_INTERRUPTED, e)
+    except Terminated as e:
+        _stop("terminated (SIGTERM)", EXIT_TERMINATED, e)
+    finally:
+        set_stop_hint(None)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def make_deterministic(seed: int) -> None:
@@ -105,42 +170,6 @@ def tune_allocator() -> bool:
     ok = libc.mallopt(M_MMAP_MAX, 0) == 1
     ok &= libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
     return bool(ok)
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over path.
-
-    A crash at any moment leaves either the old or the new file, never a partial one.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)  # make the rename itself durable (power loss)
-    except (OSError, RuntimeError) as e:  # RuntimeError: torch's zip writer failing mid-write
-        if tmp and os.path.exists(tmp):
-            os.remove(tmp)
-        raise UserError(f"could not write {path} ({getattr(e, 'strerror', None) or e}); free disk space or "
-                        f"choose another --save_dir; the previous {path.name}, if any, is intact") from e
-
-
-def _fsync_dir(folder: Path) -> None:
-    """fsync a directory so that a rename inside it survives a power loss (no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # the ISA flags that decide CPU speed here

@@ -5,11 +5,16 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
-from visualize import plt, save_figure
+from visualize import pyplot, save_figure
 
 SPLIT_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+
+
+def integer_ticks():
+    """A tick locator that puts ticks on integers only."""
+    from matplotlib.ticker import MaxNLocator
+    return MaxNLocator(integer=True)
 
 
 def _stairs(ax, hist: dict, label: str | None = None, **kw) -> None:
@@ -32,7 +37,7 @@ def plot_counts(summary: dict, path: Path) -> Path:
     """Grouped bars: database and query images per split."""
     splits = list(summary["splits"])
     x = np.arange(len(splits))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(splits), 3.5))
+    fig, ax = pyplot().subplots(figsize=(1.6 + 1.4 * len(splits), 3.5))
     for off, kind, colour in ((-0.2, "database", "tab:blue"), (0.2, "queries", "tab:orange")):
         vals = [summary["splits"][s][f"{kind}_num"] for s in splits]
         bars = ax.bar(x + off, vals, width=0.4, label=kind, color=colour)
@@ -47,7 +52,7 @@ def plot_counts(summary: dict, path: Path) -> Path:
 def plot_map(groups: Sequence[tuple[str, np.ndarray, str, float]], origin: Sequence[float], path: Path,
              title: str) -> Path:
     """Scatter of UTM positions; groups are (label, N×2 easting/northing, colour, marker size)."""
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = pyplot().subplots(figsize=(6, 6))
     for label, utms, colour, size in groups:
         ax.scatter(utms[:, 0] - origin[0], utms[:, 1] - origin[1], s=size, c=colour, label=f"{label} ({len(utms)})",
                    linewidths=0, rasterized=True)
@@ -60,12 +65,12 @@ def plot_map(groups: Sequence[tuple[str, np.ndarray, str, float]], origin: Seque
 
 def plot_positives(split: dict, name: str, thresholds: dict[str, float], path: Path) -> Path:
     """Histograms of positives per query, one panel per threshold (thresholds: name → metres)."""
-    fig, axes = plt.subplots(1, len(thresholds), figsize=(5 * len(thresholds), 3.5), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(thresholds), figsize=(5 * len(thresholds), 3.5), squeeze=False)
     for ax, (what, thr) in zip(axes[0], thresholds.items()):
         pos = split["positives_per_query"][f"{thr:g}"]
         _stairs(ax, pos["histogram"])
         _mark_stats(ax, pos)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(integer_ticks())
         ax.set(xlabel=f"database images within {thr:g} m ({what} threshold)", ylabel="queries",
                title=f"{name}: {pos['queries_without_positives']} of {split['queries_num']} queries without positives")
         ax.legend(fontsize=8)
@@ -75,7 +80,7 @@ def plot_positives(split: dict, name: str, thresholds: dict[str, float], path: P
 def plot_nearest_database(split: dict, name: str, thresholds: dict[str, float], path: Path) -> Path:
     """Histogram of the distance from each query to its nearest database image, with the thresholds."""
     near = split["nearest_database_distance_m"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     _stairs(ax, near["histogram"])
     _mark_stats(ax, near, " m")
     for (what, thr), colour in zip(thresholds.items(), ("tab:green", "tab:red")):
@@ -89,9 +94,9 @@ def plot_nearest_database(split: dict, name: str, thresholds: dict[str, float], 
 def plot_density(split: dict, name: str, path: Path) -> Path:
     """Database density: images per distinct position, and spacing between neighbouring positions."""
     dens = split["database_density"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 3.5))
     _stairs(a, dens["images_per_position"]["histogram"])
-    a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a.xaxis.set_major_locator(integer_ticks())
     a.set(xlabel="database images at the same position", ylabel="positions",
           title=f"{name}: {dens['distinct_positions']} distinct database positions")
     spacing = dens["neighbour_spacing_m"]

@@ -1,25 +1,24 @@
 """Datasets in the datasets_vg layout: image lists, UTM labels, positives, and image loading.
 
-Layout: <datasets_folder>/<dataset_name>/images/<split>/{database|gallery,queries}/**/*.{jpg,png}
-File names carry UTM coordinates: fields 1 and 2 of the name split on '@' are easting and northing.
+Layout: <datasets_folder>/<dataset_name>/images/<split>/{database|gallery,queries}/**/*.{jpg,png,webp,tif,bmp}
+File names carry UTM coordinates: fields 1 and 2 of the name split on '@' are easting and northing. Listing, the
+start-up check of the files and the duplicate report are in dataset_files.py.
 """
 from __future__ import annotations
 
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.utils.data as data
-from sklearn.neighbors import NearestNeighbors
 
 from commons import UserError
-from images import build_resize, image_problem, open_image
+from dataset_files import (IMAGE_EXTENSIONS, MAX_LISTED, UnreadableImagesError, build_all,  # noqa: F401 (API)
+                           drop_unreadable, list_images, report_duplicates)
+from images import build_resize, open_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DATABASE_FOLDER_NAMES = ("database", "gallery")
 
 
@@ -34,11 +33,6 @@ def parse_utm(path: str | Path) -> tuple[float, float]:
         raise UserError(f"file name without UTM coordinates: {path}; names must look like "
                         f"'@<easting>@<northing>@...@.jpg' (datasets_vg format), rename or remove it")
     return utm
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Sorted image files below folder (recursively)."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def split_folder(datasets_folder: str | None, dataset_name: str, split: str) -> Path:
@@ -84,53 +78,28 @@ def utms_of(paths: list[Path]) -> np.ndarray:
     return np.array(utms, dtype=np.float64).reshape(-1, 2)
 
 
-MAX_LISTED = 20  # unreadable files named in the error message (all of them are logged)
+def radius_neighbors(db_utms: np.ndarray, q_utms: np.ndarray, radius: float,
+                     chunk: int = 256) -> list[np.ndarray]:
+    """For each query, the sorted indices of database points within radius metres (N_db×2, N_q×2 UTMs).
 
-
-def drop_unreadable(groups: list[list[Path]], folder: Path, skip_corrupt: bool) -> list[list[Path]]:
-    """Check every image once; UserError naming the unreadable ones, or (skip_corrupt) drop them with a warning."""
-    paths = [p for g in groups for p in g]
-    with ThreadPoolExecutor(8) as pool:  # file-system latency bound (network drives)
-        problems = dict(zip(paths, pool.map(image_problem, paths)))
-    bad = [p for p in paths if problems[p] is not None]
-    if not bad:
-        return groups
-    for p in bad:
-        logging.error(f"unreadable image {p} ({problems[p]})")
-    if skip_corrupt:
-        logging.warning(f"--skip_corrupt: skipping {len(bad)} unreadable images of {folder} (listed above)")
-        return [[p for p in g if problems[p] is None] for g in groups]
-    raise UnreadableImagesError(bad)
-
-
-class UnreadableImagesError(UserError):
-    """Corrupt or unreadable image files; `paths` holds all of them, the message names up to MAX_LISTED."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = list(paths)
-        more = f" and {len(paths) - MAX_LISTED} more (all in the log)" if len(paths) > MAX_LISTED else ""
-        super().__init__(f"{len(paths)} corrupt or unreadable images: {', '.join(map(str, paths[:MAX_LISTED]))}"
-                         f"{more}; replace or delete them, or pass --skip_corrupt to skip them")
-
-
-def build_all(*factories: Callable[[], "BaseDataset"]) -> list["BaseDataset"]:
-    """Call each dataset factory; the unreadable images of all of them are reported in one error."""
-    built, bad = [], []
-    for make in factories:
-        try:
-            built.append(make())
-        except UnreadableImagesError as e:
-            bad += e.paths
-    if bad:
-        raise UnreadableImagesError(bad)
-    return built
-
-
-def radius_neighbors(db_utms: np.ndarray, q_utms: np.ndarray, radius: float) -> list[np.ndarray]:
-    """For each query, the sorted indices of database points within radius metres."""
-    knn = NearestNeighbors(n_jobs=1).fit(db_utms)
-    found = knn.radius_neighbors(q_utms, radius=radius, return_distance=False)
-    return [np.sort(f).astype(np.int64) for f in found]
+    Exact: dx² + dy² <= radius², in float64, the test scikit-learn's tree makes. Queries are taken in chunks
+    sorted by easting, each against the database points of its easting band only."""
+    db, q = np.asarray(db_utms, np.float64).reshape(-1, 2), np.asarray(q_utms, np.float64).reshape(-1, 2)
+    by_x = np.argsort(db[:, 0], kind="stable")
+    xs, r2, slack = db[by_x, 0], radius * radius, radius * (1 + 1e-9) + 1e-9  # slack: a band never too narrow
+    found: list[np.ndarray] = [np.empty(0, np.int64)] * len(q)
+    q_by_x = np.argsort(q[:, 0], kind="stable")
+    for start in range(0, len(q), chunk):
+        ids = q_by_x[start:start + chunk]  # C queries
+        lo = np.searchsorted(xs, q[ids, 0].min() - slack, side="left")
+        hi = np.searchsorted(xs, q[ids, 0].max() + slack, side="right")
+        band = by_x[lo:hi]  # M database indices
+        diff = db[band][None] - q[ids][:, None]  # C×M×2
+        rows, cols = np.nonzero(diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1] <= r2)
+        per_query = np.split(band[cols], np.cumsum(np.bincount(rows, minlength=len(ids)))[:-1])
+        for i, f in zip(ids, per_query):
+            found[i] = np.sort(f).astype(np.int64)
+    return found
 
 
 class BaseDataset(data.Dataset):
@@ -151,7 +120,9 @@ class BaseDataset(data.Dataset):
              list_images(find_subfolder(folder, ("queries",), "queries"))], folder, skip_corrupt)
         for what, paths in (("database", self.database_paths), ("queries", self.queries_paths)):
             if not paths:
-                raise UserError(f"no images in the {what} of {folder}; add .jpg/.png files or choose another split")
+                raise UserError(f"no images in the {what} of {folder}; add images ({'/'.join(IMAGE_EXTENSIONS)}) "
+                                f"or choose another split")
+        report_duplicates(self.database_paths + self.queries_paths, folder)
         self.database_utms = utms_of(self.database_paths)
         self.queries_utms = utms_of(self.queries_paths)
         self.val_positive_dist_threshold = val_positive_dist_threshold

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -12,17 +13,77 @@ from commons import UserError, uses_channels_last
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-IMAGE_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}  # last bytes of a complete file
+IMAGE_END_MARKERS = {"JPEG": b"\xff\xd9"}  # last bytes of a complete file
+PIXEL_LIMIT_ENV = "VG_MAX_IMAGE_PIXELS"  # largest image (pixels) accepted; PIL's default guard otherwise
+OVERSIZE = "above PIL's pixel limit"  # start of image_problem's text for images refused for their size
+
+
+class ImageReadError(UserError):
+    """An image file that cannot be opened; `path` and `reason` (what PIL said) are kept for the caller's advice."""
+
+    def __init__(self, path: Path, reason: str, message: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(message)
+
+
+_PIL_PIXEL_LIMIT = Image.MAX_IMAGE_PIXELS  # PIL warns above it and refuses above twice it
+
+
+def _pixel_limit_from_env() -> int | None:
+    """$VG_MAX_IMAGE_PIXELS as a number of pixels, None when unset; UserError when it is not a positive number."""
+    value = os.environ.get(PIXEL_LIMIT_ENV)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) <= 0:
+        raise UserError(f"{PIXEL_LIMIT_ENV}={value!r} is not a positive number of pixels; e.g. "
+                        f"{PIXEL_LIMIT_ENV}=200000000")
+    return int(value)
+
+
+def pixel_limit() -> int:
+    """Images with more pixels than this are refused: $VG_MAX_IMAGE_PIXELS, else PIL's guard against decompression
+    bombs."""
+    return _pixel_limit_from_env() or 2 * _PIL_PIXEL_LIMIT
+
+
+def _open(path: Path) -> Image.Image:
+    """Image.open under pixel_limit(): DecompressionBombError above it (read from the header, nothing decoded)."""
+    limit = _pixel_limit_from_env()
+    Image.MAX_IMAGE_PIXELS = None if limit else _PIL_PIXEL_LIMIT  # with a limit of ours, PIL neither warns nor refuses
+    img = Image.open(path)
+    if limit and img.width * img.height > limit:
+        img.close()
+        raise Image.DecompressionBombError(f"Image size ({img.width * img.height} pixels) exceeds limit of {limit} "
+                                           f"pixels")
+    return img
+
+
+def _oversize_text(e: Exception) -> str:
+    """'above PIL's pixel limit: 192,000,000 pixels > 178,956,970' from PIL's DecompressionBombError."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    return f"{OVERSIZE}: {f'{int(found.group(1)):,}' if found else 'too many'} pixels > {pixel_limit():,}"
+
+
+def oversize_advice(problems: list[str]) -> str:
+    """The fix for images refused for their size (problems: their image_problem texts)."""
+    sizes = [int(m.replace(",", "")) for p in problems for m in re.findall(r"([\d,]+) pixels", p)]
+    return (f"if you trust the files, raise the limit with the environment variable {PIXEL_LIMIT_ENV} (e.g. "
+            f"{PIXEL_LIMIT_ENV}={max(sizes, default=4 * pixel_limit())} python ...), or shrink them")
 
 
 def image_problem(path: Path) -> str | None:
     """Why `path` is not a readable image, or None.
 
-    Cheap: parses the header and reads the format's end marker (one small read at each end of the file); only
-    files lacking the marker (truncated ones, or with trailing bytes) are decoded in full to decide.
+    Cheap: parses the header; a JPEG's end marker is read (one small read at each end of the file), a PNG's chunk
+    checksums are verified without decoding (damage anywhere in the file is found); only JPEGs lacking the marker
+    (truncated ones, or with trailing bytes) and other formats are decoded in full to decide. Images refused for
+    their size start with OVERSIZE.
     """
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
+            if img.format == "PNG":
+                img.verify()
+                return None
             marker = IMAGE_END_MARKERS.get(img.format)
             if marker is not None:
                 with open(path, "rb") as f:
@@ -30,7 +91,11 @@ def image_problem(path: Path) -> str | None:
                     if f.read() == marker:
                         return None
             img.load()
-    except Exception as e:  # UnidentifiedImageError, OSError (truncated), SyntaxError, DecompressionBombError...
+    except Image.DecompressionBombError as e:
+        return _oversize_text(e)
+    except UserError:
+        raise
+    except Exception as e:  # UnidentifiedImageError, OSError (truncated), SyntaxError (bad PNG checksum)...
         return f"{type(e).__name__}: {str(e)[:100]}"
     return None
 
@@ -71,17 +136,21 @@ DRAFT_MARGIN = 2  # JPEG draft decoding keeps at least this × the target size, 
 
 
 def open_image(path: Path, target: tuple[int, int] | None = None) -> Image.Image:
-    """Open an RGB image, with a clear error for corrupt files.
+    """Open an RGB image; ImageReadError naming the real cause (damaged file, or above PIL's pixel limit).
 
     target (H, W): the size the image will be resized to. A JPEG much larger than that is decoded at a reduced
     DCT scale (PIL draft mode: 1/2, 1/4 or 1/8) that stays >= DRAFT_MARGIN × target, which is faster and
     within ~1 grey level (mean) of a full decode after the resize.
     """
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             if target is not None:
                 img.draft("RGB", (DRAFT_MARGIN * target[1], DRAFT_MARGIN * target[0]))
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"corrupt or unreadable image {path} ({e}); replace or delete it, "
-                        f"or pass --skip_corrupt") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, _oversize_text(e), f"image {path} is {_oversize_text(e)} (a guard against "
+                             f"decompression bombs); {oversize_advice([_oversize_text(e)])}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageReadError(path, f"{type(e).__name__}: {str(e)[:100]}",
+                             f"image {path} cannot be decoded ({e}); the file is damaged: replace or delete it"
+                             ) from None

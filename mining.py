@@ -6,6 +6,7 @@ Add a miner with one function decorated by @register_miner(name).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -181,6 +182,41 @@ def mine_random(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
     cand = np.random.randint(0, ds.database_num, size=(len(query_ids), width))
     negatives = choose_negatives(ctx, query_ids, cand, torch.rand(cand.shape))
     return _as_triplets(query_ids, positives, negatives)
+
+
+def msls_query_weights(paths: list) -> np.ndarray:
+    """Sampling probabilities of the training queries for --mining msls_weighted (MSLS paper, supplementary).
+
+    Every query weighs 1, plus Q/n_night if it was taken at night and Q/n_sideways if it looks sideways (Q queries,
+    n_night and n_sideways of each kind), normalized to sum 1: rare conditions are drawn as often as the rest.
+    Night/sideways come from the MSLS note of the datasets_vg file names ('@...@night_sideways@.jpg': the field
+    before the extension, '<day|night>_<front|sideways>'); datasets without it are refused.
+    """
+    notes = [Path(p).name.split("@")[-2].split("_") for p in paths]  # string parsing: one name at a time
+    bad = next((str(p) for p, n in zip(paths, notes) if len(n) < 2), None)
+    night = np.array([n[0] == "night" for n in notes if len(n) >= 2], dtype=bool)
+    sideways = np.array([n[1] == "sideways" for n in notes if len(n) >= 2], dtype=bool)
+    if bad is not None or not night.any() or not sideways.any():
+        from commons import UserError
+        found = (f"no such note (e.g. {Path(bad).name})" if bad is not None else
+                 f"{int(night.sum())} night and {int(sideways.sum())} sideways ones")
+        raise UserError(f"--mining msls_weighted oversamples night and sideways queries, read from the MSLS note of "
+                        f"the file names ('@...@night_sideways@.jpg'); these training queries have {found}; it is "
+                        f"for Mapillary SLS: use --mining partial (dVGL's default) or full")
+    q = len(paths)
+    weights = 1.0 + night * q / night.sum() + sideways * q / sideways.sum()
+    return weights / weights.sum()
+
+
+@register_miner("msls_weighted")
+def mine_msls_weighted(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
+    """dVGL's msls_weighted: 'partial' mining of as many queries as query_ids, drawn without replacement with
+    `msls_query_weights` (night and sideways queries, rare in MSLS, are drawn more often)."""
+    weights = getattr(ctx, "msls_weights", None)
+    if weights is None:
+        weights = ctx.msls_weights = msls_query_weights(ctx.dataset.queries_paths)
+    drawn = np.random.choice(len(weights), len(query_ids), replace=False, p=weights)
+    return mine_partial(ctx, drawn)
 
 
 class RollingDatabaseCache:

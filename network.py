@@ -1,44 +1,50 @@
 """The geo-localization network: backbone → optional attention → aggregation → optional FC + L2."""
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Mapping
+import threading
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from aggregations import build_aggregation
+from aggregations_extra import SHALLOW_AGGREGATIONS, pool_with_l2
 from attention import build_attention
 from backbones import build_backbone
 from commons import UserError
 from images import to_input
 
 ARCH_DEFAULTS = {"backbone": "resnet18conv4", "aggregation": "gem", "netvlad_clusters": 64,
-                 "fc_output_dim": None, "attention": "none"}
+                 "fc_output_dim": None, "attention": "none", "l2": "after_pool", "trunc_te": None}
 
 
 class GeoLocalizationNet(nn.Module):
     """Images B×3×H×W → L2-normalized descriptors B×D (D = self.out_dim)."""
 
     def __init__(self, backbone: str = "resnet18conv4", aggregation: str = "gem", netvlad_clusters: int = 64,
-                 fc_output_dim: int | None = None, attention: str = "none", pretrained: bool = False,
-                 train_all_layers: bool = False):
+                 fc_output_dim: int | None = None, attention: str = "none", l2: str = "after_pool",
+                 trunc_te: int | None = None, pretrained: bool | str = False, train_all_layers: bool = False,
+                 freeze_te: int | None = None):
         super().__init__()
-        bb = build_backbone(backbone, pretrained, aggregation, train_all_layers)
+        bb = build_backbone(backbone, pretrained, aggregation, train_all_layers, trunc_te, freeze_te)
         self.backbone = bb.net
         self.attention = build_attention(attention, bb.out_dim)
         self.aggregation = build_aggregation(aggregation, bb.out_dim, netvlad_clusters=netvlad_clusters)
         self.fc = nn.Linear(self.aggregation.out_dim, fc_output_dim) if fc_output_dim else None
         self.out_dim = fc_output_dim or self.aggregation.out_dim
+        self.l2 = l2 if aggregation in SHALLOW_AGGREGATIONS else "after_pool"  # dVGL's --l2: shallow poolings only
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Local feature map B×C×H'×W' (after attention)."""
         return self.attention(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        desc = self.aggregation(self.features(x))
+        desc = pool_with_l2(self.aggregation, self.features(x), self.l2)
         if self.fc is not None:
             desc = F.normalize(self.fc(desc), p=2, dim=1)
         return desc
@@ -58,10 +64,14 @@ def arch_config(args: Any) -> dict:
 
 
 def build_model(args: Any, pretrained: bool = False) -> GeoLocalizationNet:
-    """Build the network described by args (namespace or dict with ARCH_DEFAULTS keys)."""
+    """Build the network described by args (namespace or dict with ARCH_DEFAULTS keys).
+
+    pretrained: start from the weights of args' --pretrain (imagenet, places, gldv2; "none" gives random weights).
+    """
     get = args.get if isinstance(args, Mapping) else lambda k, d=None: getattr(args, k, d)
-    return GeoLocalizationNet(**arch_config(args), pretrained=pretrained,
-                              train_all_layers=bool(get("train_all_layers", False)))
+    source = get("pretrain", "imagenet") if pretrained else False
+    return GeoLocalizationNet(**arch_config(args), pretrained=False if source == "none" else source,
+                              train_all_layers=bool(get("train_all_layers", False)), freeze_te=get("freeze_te", None))
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -94,7 +104,7 @@ def sample_local_descriptors(model: GeoLocalizationNet, loader, num: int, seed: 
     rng = np.random.default_rng(seed)
     chunks, total = [], 0
     model.eval()
-    for images, _ in loader:
+    for images, _ in tqdm(loader, desc="NetVLAD init: local descriptors", ncols=100, leave=False):
         fmap = model.features(to_input(images, device, "fp32")).float()  # B×C×H×W (autocast, if any, outside)
         local = F.normalize(fmap.flatten(2).transpose(1, 2).reshape(-1, fmap.shape[1]), dim=1)  # (B·H·W)×C
         chunks.append(local.cpu().numpy())
@@ -114,4 +124,24 @@ def initialize_aggregation(model: GeoLocalizationNet, loader, device: str, seed:
         return
     descs = sample_local_descriptors(model, loader, num_descriptors, seed, device)
     logging.info(f"initializing {type(agg).__name__} from {len(descs)} local descriptors (k-means)")
-    agg.init_params(descs, niter=100, seed=seed, ratio=ratio)
+    with tqdm(desc=f"NetVLAD init: k-means of {len(descs)} descriptors", bar_format="{desc}: {elapsed}",
+              leave=False) as bar, _ticking(bar):
+        agg.init_params(descs, niter=100, seed=seed, ratio=ratio)
+
+
+@contextlib.contextmanager
+def _ticking(bar: tqdm, every_s: float = 1.0) -> Iterator[None]:
+    """Refresh bar (its elapsed time) every every_s seconds while the block runs, for a step without progress
+    callbacks (faiss k-means releases the GIL)."""
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every_s):
+            bar.refresh()
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

@@ -7,11 +7,18 @@ from __future__ import annotations
 import argparse
 import os
 
-from commons import UserError
+from commons import CliParser, UserError
+from dvgl_compat import (DVGLArgumentParser, add_common_flags, add_train_flags, crn_net_lr, default_notes,
+                         explicit_dests, ignored_notes, mirror_training_flags, validate_eval, validate_train)
+from model_flags import add_arch_args, add_model_args, add_pretrain_arg
 
-ARCH_KEYS = ("backbone", "aggregation", "netvlad_clusters", "fc_output_dim", "attention")
+ARCH_KEYS = ("backbone", "aggregation", "netvlad_clusters", "fc_output_dim", "attention", "l2", "trunc_te")
 RESUME_SAFE_KEYS = ("epochs_num", "num_workers", "device", "infer_batch_size", "save_dir", "resume",
                     "patience", "datasets_folder", "skip_corrupt", "log_level", "init_from", "precision_requested")
+
+
+class _Parser(CliParser, DVGLArgumentParser):
+    """The parser of train.py and eval.py: dVGL's `--opt=v1 v2` form, and errors as one line (commons.CliParser)."""
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -41,24 +48,10 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
                         "benchmark.py's extract_inline), 2 on CUDA")
     g.add_argument("--infer_batch_size", type=int, default=16)
     g.add_argument("--seed", type=int, default=0, help="-1 for a non-deterministic run")
-    g.add_argument("--save_dir", default="default", help="runs are written to logs/<save_dir>/<timestamp>/")
+    g.add_argument("--save_dir", "--exp_name", dest="save_dir", default="default",
+                   help="runs are written to logs/<save_dir>/<timestamp>/ (--exp_name: project_vg's name)")
     g.add_argument("--index", choices=["flat", "ivfpq", "hnsw"], default="flat", help="faiss index kind")
     g.add_argument("--log_level", choices=["debug", "info", "warning"], default="info")
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    from backbones import BACKBONES
-    from aggregations import AGGREGATIONS
-    from attention import ATTENTIONS
-    g = p.add_argument_group("model")
-    g.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet18conv4")
-    g.add_argument("--aggregation", choices=sorted(AGGREGATIONS), default="gem")
-    g.add_argument("--netvlad_clusters", type=int, default=64)
-    g.add_argument("--fc_output_dim", type=int, default=None, help="optional linear projection + L2")
-    g.add_argument("--attention", choices=sorted(ATTENTIONS), default="none")
-    g.add_argument("--pretrain", choices=["imagenet", "none"], default="imagenet")
-    g.add_argument("--train_all_layers", action="store_true",
-                   help="train the whole backbone (by default, blocks before the last are frozen when pretrained)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -79,7 +72,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train_positives_dist_threshold", type=float, default=10.0)
     g.add_argument("--optim", choices=sorted(OPTIMIZERS), default="adam")
     g.add_argument("--lr", type=float, default=1e-5)
-    g.add_argument("--attention_lr", type=float, default=None, help="lr of attention layers (CRN, CBAM)")
+    g.add_argument("--attention_lr", "--lr_crn_layer", dest="attention_lr", type=float, default=None,
+                   help="lr of attention layers (CRN, CBAM); --lr_crn_layer: dVGL's name")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight_decay", type=float, default=0.0)
     g.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="none")
@@ -100,14 +94,16 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def train_parser() -> argparse.ArgumentParser:
     """Parser of train.py."""
-    p = argparse.ArgumentParser(description="Train a visual geo-localization model",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(description="Train a visual geo-localization model",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _data_args(p)
     _runtime_args(p)
-    _model_args(p)
+    add_model_args(p)
     _train_args(p)
     from augmentations import add_augmentation_args
     add_augmentation_args(p)
+    add_train_flags(p)
+    add_common_flags(p)
     return p
 
 
@@ -139,15 +135,16 @@ def validate_test_variant_args(args: argparse.Namespace) -> None:
 
 def eval_parser() -> argparse.ArgumentParser:
     """Parser of eval.py."""
-    p = argparse.ArgumentParser(description="Evaluate geo-localization checkpoints",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(description="Evaluate geo-localization checkpoints, or an untrained (off-the-shelf) model",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                           epilog="train.py flags are accepted and ignored, as with dVGL's shared parser")
     _data_args(p)
     _runtime_args(p)
     g = p.add_argument_group("evaluation")
-    g.add_argument("--resume", nargs="+", required=True, help="checkpoint(s); several make an ensemble")
+    g.add_argument("--resume", nargs="+", default=None,
+                   help="checkpoint(s); several make an ensemble; without it, the untrained model of the "
+                        "architecture flags is evaluated")
     g.add_argument("--split", default="test")
-    g.add_argument("--pretrain", choices=["imagenet", "none"], default="none",
-                   help="only used to build the architecture before the checkpoint's weights are loaded")
     g.add_argument("--save_predictions", type=int, default=0, metavar="N",
                    help="write one picture per query with its top-N predictions into <run>/predictions/")
     g.add_argument("--save_only_wrong_predictions", action="store_true",
@@ -155,6 +152,11 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--recall_thresholds", type=float, nargs="+", default=None, metavar="M",
                    help="also compute recall@N at these success radii (metres), e.g. 5 10 15 20 25 50 100")
     _test_variant_args(p)
+    g = p.add_argument_group("architecture: checked against the checkpoint; without --resume, the model evaluated")
+    add_arch_args(g, suppress=True)
+    add_pretrain_arg(g, off_the_shelf=True)
+    add_common_flags(p, pca_folder=True)
+    p.training_only_dests = mirror_training_flags(p, train_parser())
     p.set_defaults(resize=None)  # None: the size the checkpoint was trained and tested at (parse_eval_args)
     for action in p._actions:
         if action.dest == "resize":
@@ -202,6 +204,7 @@ def validate_train_args(args: argparse.Namespace) -> None:
     _check(args.attention_lr is None or args.attention_lr > 0, "--attention_lr must be > 0")
     _check(args.rolling_period > 0, f"--rolling_period must be > 0, got {args.rolling_period}")
     _check(args.netvlad_alpha_ratio > 1, f"--netvlad_alpha_ratio must be > 1, got {args.netvlad_alpha_ratio}")
+    validate_train(args)
     from augmentations import validate_augmentation_args
     from optim import validate_optim_args
     validate_optim_args(args)
@@ -240,6 +243,15 @@ def _with_device_defaults(p: argparse.ArgumentParser, args: argparse.Namespace,
                                  "precision_requested": requested})
 
 
+def startup_notes(script: str, args: argparse.Namespace, argv: list[str] | None) -> list[str]:
+    """Log lines for the start of train.py / eval.py: each default in effect that differs from dVGL's and was not
+    set, and the flags accepted without effect (README: Coming from the VG benchmark)."""
+    p = train_parser() if script == "train" else eval_parser()
+    training_only = getattr(p, "training_only_dests", set())
+    given = explicit_dests(p, argv)
+    return default_notes(script, args, given, resolve_device(args)) + ignored_notes(script, args, given, training_only)
+
+
 def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate train.py arguments.
 
@@ -253,6 +265,8 @@ def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
         stored = load_checkpoint(args.resume)["args"]
         args = _reparse(p, argv, **{k: v for k, v in stored.items() if k in vars(args) and k != "resume"})
         check_resume_compatible(stored, vars(args))
+    if args.lr_crn_net is not None and args.aggregation == "crn":  # dVGL: the lr of the non-CRN parameters
+        args = _reparse(p, argv, lr=crn_net_lr(args, explicit_dests(train_parser(), argv)))
     args = _with_device_defaults(p, args, argv)
     validate_train_args(args)
     return args
@@ -267,6 +281,7 @@ def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = eval_parser()
     args = p.parse_args(argv)
     validate_test_variant_args(args)  # the flags first: no checkpoint is read for a bad flag
+    validate_eval(args)
     _check(args.save_predictions >= 0, f"--save_predictions must be >= 0 images, got {args.save_predictions}")
     _check(not args.save_only_wrong_predictions or args.save_predictions > 0,
            "--save_only_wrong_predictions needs --save_predictions N (N > 0)")
@@ -274,7 +289,7 @@ def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
            f"--recall_thresholds must be > 0 metres, got {args.recall_thresholds}")
     if args.resize is None:
         stored = {}
-        if args.test_resize is None:
+        if args.test_resize is None and args.resume:
             from util import load_checkpoint
             stored = load_checkpoint(args.resume[0])["args"]
         args = _reparse(p, argv, resize=stored.get("resize") or [480, 640], test_resize=stored.get("test_resize"))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atomic_files import atomic_write
 from commons import UserError
 
 WHITEN_EPS = 1e-9  # variances are clamped below at WHITEN_EPS · largest variance before whitening
@@ -50,9 +51,9 @@ class PCA:
         return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12) if normalize else y
 
     def save(self, path: str | Path) -> None:
-        """Write the PCA to an .npz file."""
-        np.savez(path, mean=self.mean, components=self.components, explained_variance=self.explained_variance,
-                 whiten=np.array(self.whiten))
+        """Write the PCA to an .npz file, atomically (a full disk or Ctrl-C leaves no truncated file)."""
+        atomic_write(path, lambda f: np.savez(f, mean=self.mean, components=self.components,
+                                              explained_variance=self.explained_variance, whiten=np.array(self.whiten)))
 
     @classmethod
     def load(cls, path: str | Path) -> "PCA":

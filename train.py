@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,8 +18,8 @@ from tqdm import tqdm
 
 import distributed
 from augmentations import build_augmentation
-from commons import (UserError, autocast, get_rng_state, log_precision, make_deterministic, prepare_model, run_cli,
-                     set_rng_state, setup_logging, tune_allocator)
+from commons import (autocast, get_rng_state, log_precision, log_to_folder, make_deterministic, prepare_model, run_cli,
+                     set_rng_state, set_stop_hint, setup_logging, tune_allocator)
 from datasets_ws import BaseDataset, TripletsDataset, build_all
 from evaluation import EvalResult, format_recalls, test
 from images import to_input
@@ -26,8 +27,11 @@ from losses import build_criterion
 from mining import MINERS, MiningContext
 from network import build_model, initialize_aggregation, load_init_state, load_model_state
 from optim import build_optimizer, lr_factor, set_lr
-from parser import parse_train_args, resolve_device
-from util import check_resume_compatible, load_checkpoint, log_args, new_run_folder, save_checkpoint, write_json
+from parser import parse_train_args, resolve_device, startup_notes
+from util import (BEST, LAST, NonFiniteError, check_finite_radii, check_recall_values, check_resumable,
+                  check_resume_compatible, continue_from, load_checkpoint, log_args, new_run_folder, resume_folder,
+                  save_checkpoint, train_stop_hint, write_json)
+from visualize import plot_training_curves
 
 STOP_METRIC = 5  # early stopping and model selection use recall@5
 
@@ -87,8 +91,8 @@ def train_on_triplets(model, ds: TripletsDataset, triplets: np.ndarray, optimize
             else:
                 loss, value = distributed.global_mean_loss(criterion, feats)
             if not math.isfinite(value):
-                raise UserError(f"loss became {value} at {where}, iteration {it}; the last good checkpoint "
-                                f"is kept; lower --lr or use --precision fp32, then --resume")
+                raise NonFiniteError(f"loss became {value} at {where}, iteration {it}; the last good checkpoint "
+                                     f"is kept; lower --lr or use --precision fp32")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -96,8 +100,8 @@ def train_on_triplets(model, ds: TripletsDataset, triplets: np.ndarray, optimize
             losses.append(value)
     bad = next((k for k, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), None)
     if bad is not None:  # the last step can blow up the weights although its loss was finite
-        raise UserError(f"weights became non-finite ({bad}) at {where}, iteration {len(losses) - 1}; the last good "
-                        f"checkpoint is kept; lower --lr or use --precision fp32, then --resume")
+        raise NonFiniteError(f"weights became non-finite ({bad}) at {where}, iteration {len(losses) - 1}; the last "
+                             f"good checkpoint is kept; lower --lr or use --precision fp32")
     return float(np.mean(losses))
 
 
@@ -155,6 +159,8 @@ def end_epoch(model, optimizer, val_ds, ctx, state: TrainState, folder: Path, ar
     state.epoch, state.refresh = state.epoch + 1, 0
     if distributed.is_main():
         save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best)
+        plot_training_curves(state.losses, state.val_history, args.queries_per_epoch // args.cache_refresh_rate,
+                             folder / "training_curves.png", STOP_METRIC)
     if state.not_improved >= args.patience:
         logging.info(f"no R@{STOP_METRIC} gain for {args.patience} epochs: stopping")
         return True
@@ -170,32 +176,46 @@ def init_aggregation(model, ds: TripletsDataset, args, device: str) -> None:
         initialize_aggregation(model, loader, device, seed=max(args.seed, 0), ratio=args.netvlad_alpha_ratio)
 
 
-def init_weights(model, ds: TripletsDataset, args, device: str) -> None:
-    """Fresh run: load --init_from weights when given, then k-means-initialize the aggregation (NetVLAD) unless
-    the checkpoint provided its weights (attention layers such as CRN excluded)."""
+def init_weights(model, args) -> bool:
+    """Fresh run: load --init_from weights when given. Returns whether the aggregation still needs its k-means
+    initialization (NetVLAD without weights from the checkpoint; attention layers such as CRN excluded)."""
     missing = set(model.state_dict())
     if args.init_from:
         missing = set(load_init_state(model, load_checkpoint(args.init_from)["model_state_dict"], args.init_from))
         logging.info(f"weights from {args.init_from}; kept at initialization: {sorted(missing) or 'none'}")
     att = {id(p) for p in model.attention_parameters()}
-    agg_keys = {f"aggregation.{n}" for n, p in model.aggregation.named_parameters() if id(p) not in att}
-    if agg_keys & missing:
-        init_aggregation(model, ds, args, device)
+    return bool({f"aggregation.{n}" for n, p in model.aggregation.named_parameters() if id(p) not in att} & missing)
 
 
-def setup(args, device: str):
-    """Datasets, model, optimizer, state and negative cache; restored from --resume when given."""
+@dataclass
+class RunInputs:
+    """What a training run starts from, read and checked before its run folder exists."""
+    ds: TripletsDataset
+    val_ds: BaseDataset
+    test_ds: BaseDataset
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]
+    state: TrainState
+    neg_cache: np.ndarray  # Q×negs_num_per_query database indices, -1 where none was mined yet
+    needs_kmeans: bool  # NetVLAD still needs its k-means initialization (no weights from a checkpoint)
+
+
+def load_inputs(args, device: str) -> RunInputs:
+    """Datasets, model, optimizer, state, negative cache and whether k-means is still needed; restored from --resume
+    or --init_from when given. Every input is read and checked here, before the run folder is created."""
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt:
         check_resume_compatible(ckpt["args"], vars(args))
     where, test_size = (args.datasets_folder, args.dataset_name), tuple(args.test_resize or args.resize)
-    ds, val_ds, _ = build_all(  # unreadable images of all three splits are reported together, before training
+    ds, val_ds, test_ds = build_all(  # unreadable images of all three splits are reported together, before training
         lambda: TripletsDataset(*where, "train", tuple(args.resize), args.val_positive_dist_threshold,
                                 args.train_positives_dist_threshold, build_augmentation(args), args.skip_corrupt),
         lambda: BaseDataset(*where, "val", test_size, args.val_positive_dist_threshold, args.skip_corrupt),
         lambda: BaseDataset(*where, "test", test_size, args.val_positive_dist_threshold, args.skip_corrupt))
+    check_recall_values(args.recall_values, (val_ds, test_ds))
     logging.info(f"train: {ds}; val: {val_ds}")
-    model = prepare_model(build_model(args, pretrained=args.pretrain == "imagenet" and ckpt is None),
+    model = prepare_model(build_model(args, pretrained=args.pretrain != "none" and ckpt is None),
                           device, args.precision)
     optimizer = build_optimizer(param_groups(model, args), args)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -208,20 +228,40 @@ def setup(args, device: str):
         neg_cache = ckpt["neg_cache"].numpy().copy()
         set_rng_state(ckpt["rng_state"])
         logging.info(f"resumed from {args.resume} at epoch {state.epoch}, refresh {state.refresh}")
-    else:
-        init_weights(model, ds, args, device)
-    ctx = MiningContext(model, ds, args, device, neg_cache)
-    return ds, val_ds, model, optimizer, base_lrs, state, ctx
+    return RunInputs(ds, val_ds, test_ds, model, optimizer, base_lrs, state, neg_cache,
+                     ckpt is None and init_weights(model, args))
 
 
-def final_test(args, folder: Path, device: str, state: TrainState) -> dict:
+def open_run_folder(args, state: TrainState, main_rank: bool, argv: list[str] | None) -> Path:
+    """The run folder, created now that the inputs are valid: a resumed last_model.pth continues in its own folder,
+    anything else (a new run, a checkpoint copied elsewhere) gets logs/<save_dir>/<timestamp>/. Rank 0 logs there,
+    announces it and registers the stop hint: how to continue after an error, Ctrl-C or SIGTERM."""
+    own = resume_folder(args.resume) if args.resume else None
+    folder = own or distributed.broadcast_object(new_run_folder(args.save_dir) if main_rank else None)
+    if not main_rank:
+        return folder
+    log_to_folder(folder)
+    logging.info(f"run folder: {folder}")
+    log_args(args, folder)
+    for line in startup_notes("train", args, argv):  # defaults that differ from dVGL's, flags without effect
+        logging.info(line)
+    if args.resume:
+        continue_from(Path(args.resume), folder, state.best_recall)
+    set_stop_hint(train_stop_hint(folder, args, sys.argv[1:] if argv is None else argv,
+                                  distributed.world_size() if distributed.active() else None))
+    return folder
+
+
+def final_test(args, folder: Path, device: str, state: TrainState, test_ds: BaseDataset) -> dict:
     """Test the best model on the test split and write results.json (rank 0 only under torchrun)."""
     distributed.barrier()  # rank 0 has written best_model.pth
-    best = load_checkpoint(folder / "best_model.pth")
+    path = next(p for p in (folder / BEST, folder / LAST, Path(args.resume or "")) if p.is_file())
+    if path.name != BEST:  # a copied checkpoint resumed without its best_model.pth, and no better epoch since
+        logging.warning(f"no {BEST} in {folder} (none was beside {args.resume}, and no epoch since the resume beat "
+                        f"its best R@{STOP_METRIC}): testing the last model, {path}")
+    best = load_checkpoint(path)
     model = prepare_model(build_model(best["args"]), device, args.precision)
-    load_model_state(model, best["model_state_dict"], str(folder / "best_model.pth"))
-    test_ds = BaseDataset(args.datasets_folder, args.dataset_name, "test", tuple(args.test_resize or args.resize),
-                          args.val_positive_dist_threshold, skip_corrupt=args.skip_corrupt)
+    load_model_state(model, best["model_state_dict"], str(path))
     result = evaluator()(model, test_ds, args.recall_values, args.infer_batch_size, args.num_workers, device,
                          args.precision, args.index)
     logging.info(f"test of best model on {test_ds}: {format_recalls(result.recalls)}")
@@ -229,29 +269,31 @@ def final_test(args, folder: Path, device: str, state: TrainState) -> dict:
                "epochs": state.epoch, "best_val_recall@5": state.best_recall, "losses": state.losses,
                "val_history": state.val_history,
                "test": {**result.info, "recalls": {str(k): v for k, v in result.recalls.items()},
-                        "checkpoint": str(folder / "best_model.pth")}}
+                        "checkpoint": str(path)}}
     if distributed.is_main():
         write_json(folder / "results.json", results)
     return results
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Train, validate every epoch, stop early on R@5, then test the best model.
-
-    Under torchrun: DistributedDataParallel over the ranks (see distributed.py); rank 0 logs and writes files.
-    """
+    """Train, validate every epoch, stop early on R@5, then test the best model. Under torchrun:
+    DistributedDataParallel over the ranks (see distributed.py); rank 0 logs and writes files."""
     args = parse_train_args(argv)
+    check_resumable(args.resume)
+    check_finite_radii(val_positive_dist_threshold=args.val_positive_dist_threshold)
     tune_allocator()
     device = resolve_device(args)
     main_rank = distributed.init(device) is None or distributed.is_main()
-    folder = Path(args.resume).parent if args.resume else \
-        distributed.broadcast_object(new_run_folder(args.save_dir) if main_rank else None)
-    setup_logging(folder if main_rank else None, args.log_level if main_rank else "warning")
+    setup_logging(None, args.log_level if main_rank else "warning", hold=main_rank)
     if main_rank:
-        log_args(args, folder)
         log_precision(args.precision, args.precision_requested, device)
     make_deterministic(args.seed)
-    ds, val_ds, model, optimizer, base_lrs, state, ctx = setup(args, device)
+    inputs = load_inputs(args, device)
+    ds, val_ds, model, optimizer, state = inputs.ds, inputs.val_ds, inputs.model, inputs.optimizer, inputs.state
+    folder = open_run_folder(args, state, main_rank, argv)
+    if inputs.needs_kmeans:
+        init_aggregation(model, ds, args, device)
+    ctx = MiningContext(model, ds, args, device, inputs.neg_cache)
     ddp_model = None
     if distributed.active():
         ddp_model = distributed.wrap(model, device)
@@ -261,10 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = build_criterion(args.criterion, args.margin)
     stop = state.not_improved >= args.patience
     while not stop and state.epoch < args.epochs_num:
-        run_epoch(model, ds, optimizer, criterion, ctx, state, folder, args, device, base_lrs, ddp_model)
+        run_epoch(model, ds, optimizer, criterion, ctx, state, folder, args, device, inputs.base_lrs, ddp_model)
         stop = end_epoch(model, optimizer, val_ds, ctx, state, folder, args, device)
-    logging.info(f"trained {state.epoch} epochs in {state.train_time_s:.0f} s; best val R@5 {state.best_recall:.1f}")
-    return final_test(args, folder, device, state)
+    logging.info(f"trained {state.epoch} epoch{'' if state.epoch == 1 else 's'} in {state.train_time_s:.0f} s; "
+                 f"best val R@{STOP_METRIC} {state.best_recall:.1f}")
+    return final_test(args, folder, device, state, inputs.test_ds)
 
 
 if __name__ == "__main__":

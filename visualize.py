@@ -8,14 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from atomic_files import atomic_write
+from images import open_image
 
-from images import open_image  # noqa: E402
+
+def pyplot():
+    """matplotlib.pyplot with the Agg backend, imported on first use (it costs every train.py/eval.py start-up
+    half a second otherwise)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 CORRECT, WRONG, QUERY = (0, 170, 0), (220, 0, 0), (40, 90, 220)  # frame colours (RGB)
 NEUTRAL = (150, 150, 150)
@@ -100,22 +106,52 @@ def save_prediction_pictures(query_paths: Sequence[Path], database_paths: Sequen
         pic = prediction_picture(load_thumbnail(query_paths[q], height),
                                  [load_thumbnail(database_paths[i], height) for i in predictions[q]],
                                  distances_m[q], threshold, f"query {q} ({Path(query_paths[q]).name})")
-        pic.save(folder / f"{q:05d}_{'correct' if top1_ok[q] else 'wrong'}.jpg", quality=90)
+        save_image(pic, folder / f"{q:05d}_{'correct' if top1_ok[q] else 'wrong'}.jpg", quality=90)
         written += 1
     return written
 
 
-def save_figure(fig: plt.Figure, path: Path) -> Path:
-    """Write fig as PNG and close it."""
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+def save_image(img: Image.Image, path: Path, **options) -> Path:
+    """Write a PIL image whole or not at all (atomic_write), in the format of path's suffix."""
+    atomic_write(path, lambda f: img.save(f, format=Image.registered_extensions()[path.suffix.lower()], **options))
     return path
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write fig as PNG, whole or not at all (atomic_write), and close it."""
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
+    finally:
+        pyplot().close(fig)
+    return path
+
+
+def plot_training_curves(losses: Sequence[float], val_history: Sequence[dict[str, float]], refreshes_per_epoch: int,
+                         path: Path, metric: int) -> Path:
+    """Loss of every cache refresh (x: epochs trained) and validation recall@N of every epoch, best R@metric
+    marked."""
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 3.5))
+    x = (np.arange(len(losses)) + 1) / refreshes_per_epoch
+    a.plot(x, losses, marker="." if len(losses) < 50 else None)
+    a.set(xlabel="epochs trained", ylabel="mean loss of the cache refresh", title="training loss")
+    epochs = np.arange(1, len(val_history) + 1)
+    for n in sorted({int(k) for h in val_history for k in h}):
+        b.plot(epochs, [h.get(str(n), np.nan) for h in val_history], marker="o", label=f"R@{n}")
+    if val_history:
+        best = int(np.argmax([h[str(metric)] for h in val_history]))
+        b.axvline(best + 1, color="k", ls=":", lw=1, label=f"best R@{metric} (epoch {best + 1})")
+        b.legend(fontsize=8)
+    b.set(xlabel="epoch", ylabel="validation recall (%)", title="validation", ylim=(0, 101))
+    b.xaxis.get_major_locator().set_params(integer=True)
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    return save_figure(fig, path)
 
 
 def plot_recall_curve(curve: dict[int, float], path: Path, title: str) -> Path:
     """Recall@N (percent) against N."""
     ns = sorted(curve)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     ax.plot(ns, [curve[n] for n in ns], marker="." if len(ns) < 30 else None)
     ax.set(xlabel="N (retrieved database images)", ylabel="recall@N (%)", title=title, ylim=(0, 101))
     if ns[-1] >= 20:
@@ -129,7 +165,7 @@ def plot_recall_curve(curve: dict[int, float], path: Path, title: str) -> Path:
 def plot_recall_vs_threshold(by_threshold: dict[float, dict[int, float]], path: Path, title: str) -> Path:
     """Recall@N (percent) against the success radius in metres, one line per N."""
     radii = sorted(by_threshold)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for n in sorted(by_threshold[radii[0]]):
         ax.plot(radii, [by_threshold[r][n] for r in radii], marker="o", label=f"R@{n}")
     ax.set(xlabel="success radius (m)", ylabel="recall (%)", title=title, ylim=(0, 101))

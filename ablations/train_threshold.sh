@@ -1,14 +1,7 @@
 #!/usr/bin/env bash
-# Ablation: training positives radius --train_positives_dist_threshold (metres), each value of THRESHOLDS
-# (all <= --val_positive_dist_threshold, 25 m by default). Evaluation always uses 25 m.
-# Usage: DATASETS_FOLDER=... [DATASET_NAME=pitts30k] bash ablations/train_threshold.sh ; QUICK=1 for a smoke run
+# Ablation: radius of the training positives (--train_positives_dist_threshold).
+# Front-end of `python study.py --only train_threshold` (grid: study/plan.toml). Usage:
+#     [DATASETS_FOLDER=...] [SEEDS="0 1 2"] [STUDY=logs/study] bash ablations/train_threshold.sh [study.py options]
+#     QUICK=1 bash ablations/train_threshold.sh      (tiny synthetic worlds, seconds per run)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-ablation_setup train_threshold
-if [[ "$QUICK" == 1 ]]; then THRESHOLDS=${THRESHOLDS:-"5 15"}; else THRESHOLDS=${THRESHOLDS:-"5 10 15 20 25"}; fi
-
-for threshold in $THRESHOLDS; do
-    for seed in $SEEDS; do
-        train "train_thr${threshold}_seed${seed}" --train_positives_dist_threshold "$threshold" --seed "$seed"
-    done
-done
-collect
+run_study train_threshold "$@"

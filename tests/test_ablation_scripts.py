@@ -1,8 +1,8 @@
-"""The ablation scripts (syntax, grids through a stub interpreter, one real QUICK run) and the image-size flags
-they rely on (--resize for training, --test_resize for validation/test/eval.py, with GeM and NetVLAD)."""
+"""The ablation scripts (thin front-ends of study.py: the arguments they pass, a real QUICK dry run) and the
+image-size and threshold flags their experiments rely on (--resize for training, --test_resize for
+validation/test/eval.py, with GeM and NetVLAD; the positives radius)."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -13,136 +13,81 @@ import numpy as np
 import pytest
 import torch
 
-import collect_results
 import eval as eval_script
 import train
 from datasets_ws import TripletsDataset
 from network import build_model
+from study.plan import load_plan, resolve_plan
 from util import save_checkpoint
 
 from conftest import ROOT, tiny_train_flags
 
-SCRIPTS = ["lr_optimizer", "st_lucia_transfer", "train_threshold", "eval_threshold", "augmentation", "resize"]
-
-# Stands in for python: records every call, fakes train.py/eval.py/world outputs (no torch), runs `-c` for real.
-STUB = r'''
-import json, os, sys
-from pathlib import Path
-argv = sys.argv[1:]
-if argv[0] == "-c":
-    os.execv(sys.executable, [sys.executable] + argv)
-def num(x):
-    for t in (int, float):
-        try:
-            return t(x)
-        except ValueError:
-            pass
-    return x
-def parse(args):
-    out, key = {}, "_"  # "_": positional arguments
-    for a in args:
-        if a.startswith("--"):
-            key = a[2:]
-            out[key] = []
-        else:
-            out.setdefault(key, []).append(num(a))
-    return {k: (v[0] if len(v) == 1 else v) if v else True for k, v in out.items()}
-script = "world" if argv[:2] == ["-m", "tools.synthetic_world"] else Path(argv[0]).name
-f = parse(argv[2:] if script == "world" else argv[1:])
-call = {"script": script, "flags": f}
-log = Path(os.environ["STUB_LOG"])
-n = len(log.read_text().splitlines()) if log.exists() else 0
-recalls = {"1": float(n), "5": 50.0 + n, "10": 60.0 + n}
-if script == "world":
-    for split in ("train", "val", "test"):
-        (Path(f["out"]) / f["name"] / "images" / split).mkdir(parents=True, exist_ok=True)
-elif script == "collect_results.py":
-    Path(f["out"]).mkdir(parents=True)
-    (Path(f["out"]) / "results.md").write_text("| stub |\n")
-else:
-    folder = Path("logs") / f["save_dir"] / f"2026-01-01_00-00-{n:02d}"
-    folder.mkdir(parents=True)
-    (folder / "args.json").write_text(json.dumps(f))
-    if script == "train.py":
-        res = {"kind": "train", "args": f, "train_time_s": 1.0, "epochs": 1,
-               "test": {"dataset": f["dataset_name"], "split": "test", "recalls": recalls}}
-        (folder / "best_model.pth").write_text("")
-    else:
-        res = {"dataset": f["dataset_name"], "split": f.get("split", "test"), "recalls": recalls,
-               "checkpoint": f["resume"], "args": f}
-        images = Path(f["datasets_folder"]) / f["dataset_name"] / "images"
-        call["dataset_splits"] = sorted(p.name for p in images.iterdir())
-    (folder / "results.json").write_text(json.dumps(res))
-with open(log, "a") as fh:
-    fh.write(json.dumps(call) + "\n")
-'''
+# script -> experiment of study/plan.toml it runs
+SCRIPTS = {"lr_optimizer": "lr_optimizer", "st_lucia_transfer": "transfer", "train_threshold": "train_threshold",
+           "eval_threshold": "eval_threshold", "augmentation": "augmentation", "resize": "image_size"}
+# Stands in for python: records its arguments and whether DATASETS_FOLDER reached it.
+ARGV_STUB = ("import json, os, sys\n"
+             "json.dump({'argv': sys.argv[1:], 'datasets_folder': os.environ.get('DATASETS_FOLDER')},"
+             " open(os.environ['STUB_LOG'], 'w'))\n")
 
 
-def run_script(name: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "QUICK": "1", "ABLATION_DIR": "abl", "TMPDIR": str(cwd), **env}
-    return subprocess.run(["bash", str(ROOT / "ablations" / f"{name}.sh")], cwd=cwd, env=full_env,
+def run_script(name: str, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("QUICK", "SEEDS", "STUDY", "DATASETS_FOLDER")}
+    return subprocess.run(["bash", str(ROOT / "ablations" / f"{name}.sh"), *args], cwd=cwd, env={**full_env, **env},
                           capture_output=True, text=True)
 
 
-def test_every_script_parses():
-    for name in SCRIPTS + ["common"]:
-        subprocess.run(["bash", "-n", str(ROOT / "ablations" / f"{name}.sh")], check=True)
-
-
-# script → (number of train.py runs, eval.py runs, flags that vary in its table)
-GRIDS = {
-    "lr_optimizer": (3, 0, ["optim", "lr", "scheduler", "warmup_epochs"]),
-    "st_lucia_transfer": (2, 2, ["aggregation"]),
-    "train_threshold": (2, 0, ["train_positives_dist_threshold"]),
-    "eval_threshold": (1, 2, ["val_positive_dist_threshold"]),
-    "augmentation": (3, 0, ["augmentation_preset", "augment_targets"]),
-    "resize": (4, 4, ["aggregation", "resize", "test_resize"]),
-}
-
-
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_quick_grid_of_each_script(name, tmp_path):
-    """QUICK=1 with a stub interpreter: the calls each script makes, and the collector's table of them."""
+def stub_python(tmp_path: Path) -> Path:
     stub = tmp_path / "stub.py"
-    stub.write_text(STUB)
+    stub.write_text(ARGV_STUB)
     wrapper = tmp_path / "python"
     wrapper.write_text(f'#!/bin/bash\nexec "{sys.executable}" "{stub}" "$@"\n')
     wrapper.chmod(0o755)
-    proc = run_script(name, tmp_path, PYTHON=str(wrapper), STUB_LOG=str(tmp_path / "calls.jsonl"))
+    return wrapper
+
+
+def test_every_script_parses():
+    for name in list(SCRIPTS) + ["common"]:
+        subprocess.run(["bash", "-n", str(ROOT / "ablations" / f"{name}.sh")], check=True)
+
+
+def test_every_script_runs_an_experiment_of_the_plan():
+    raw = load_plan()
+    for recipe, embedded in (("embedded", True), ("real", False)):
+        names = {e["name"] for e in resolve_plan(raw, recipe, [0], "data", embedded)["experiments"]}
+        assert set(SCRIPTS.values()) <= names, recipe
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_script_is_a_front_end_of_the_study(name, tmp_path):
+    """The environment becomes study.py options; the script's own arguments follow them."""
+    proc = run_script(name, tmp_path, "--dry_run", PYTHON=str(stub_python(tmp_path)),
+                      STUB_LOG=str(tmp_path / "call.json"), DATASETS_FOLDER="/data/vg", DATASET_NAME="pitts30k",
+                      TRANSFER_DATASET="st_lucia", SEEDS="0 2", STUDY="logs/s")
     assert proc.returncode == 0, proc.stderr
-    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
-    trains = [c["flags"] for c in calls if c["script"] == "train.py"]
-    evals = [c for c in calls if c["script"] == "eval.py"]
-    n_train, n_eval, varied = GRIDS[name]
-    assert (len(trains), len(evals)) == (n_train, n_eval)
-    assert calls[0]["script"] == "world" and calls[0]["flags"]["image_size"] == 32
-    assert calls[-1] == {"script": "collect_results.py", "flags": {"_": "logs/abl", "out": "logs/abl/summary"}}
-    save_dirs = [c["flags"]["save_dir"] for c in calls if c["script"] in ("train.py", "eval.py")]
-    assert len(set(save_dirs)) == len(save_dirs) and all(s.startswith("abl/") for s in save_dirs)
-    assert all(t["epochs_num"] == 1 and t["resize"] in ([32, 32], [48, 40]) for t in trains)
-    for e in evals:
-        assert Path(e["flags"]["resume"]).parent.parent.parent == Path("logs/abl")  # a checkpoint of this ablation
-        if name == "st_lucia_transfer":
-            assert e["flags"]["dataset_name"] == "st_lucia" and e["dataset_splits"] == ["test"]
-    out = collect_results.main([str(tmp_path / "logs" / "abl"), "--out", str(tmp_path / "table"), "--no_plots"])
-    assert sorted(out["varied"]) == sorted(varied)
-    assert len(out["rows"]) == n_train + (n_eval if name != "st_lucia_transfer" else 0)
+    call = json.loads((tmp_path / "call.json").read_text())
+    assert call["argv"] == [str(ROOT / "study.py"), "--only", SCRIPTS[name], "--out", "logs/s", "--train_dataset",
+                            "pitts30k", "--transfer_dataset", "st_lucia", "--seeds", "0", "2", "--dry_run"]
+    assert call["datasets_folder"] == "/data/vg"  # study.py reads it from the environment
 
 
-def test_quick_transfer_runs_end_to_end(tmp_path):
-    """The real QUICK st_lucia_transfer (one aggregation): its table holds the numbers of both run folders."""
-    proc = run_script("st_lucia_transfer", tmp_path, AGGREGATIONS="gem")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| run | synthetic R@1 |" in proc.stdout
-    train_res = json.loads(next((tmp_path / "logs/abl/gem_seed0").glob("*/results.json")).read_text())
-    eval_res = json.loads(next((tmp_path / "logs/abl/eval_st_lucia_gem_seed0").glob("*/results.json")).read_text())
-    assert eval_res["dataset"] == "st_lucia" and eval_res["args"]["resize"] == [32, 32]
-    with open(tmp_path / "logs/abl/summary/results.csv") as f:
-        (row,) = list(csv.DictReader(f))
-    for n in ("1", "5", "10"):
-        assert float(row[f"synthetic R@{n}"]) == train_res["test"]["recalls"][n]
-        assert float(row[f"st_lucia R@{n}"]) == eval_res["recalls"][n]
-    assert float(row["train_time_s"]) == train_res["train_time_s"] and float(row["epochs"]) == train_res["epochs"]
+def test_quick_runs_the_tiny_recipe_on_generated_worlds(tmp_path):
+    proc = run_script("augmentation", tmp_path, PYTHON=str(stub_python(tmp_path)),
+                      STUB_LOG=str(tmp_path / "call.json"), QUICK="1", DATASETS_FOLDER="/data/vg")
+    assert proc.returncode == 0, proc.stderr
+    call = json.loads((tmp_path / "call.json").read_text())
+    assert call["argv"][1:] == ["--only", "augmentation", "--recipe", "tiny", "--out", "logs/quick_study"]
+    assert call["datasets_folder"] is None
+
+
+def test_quick_dry_run_lists_the_experiment_and_its_dependencies(tmp_path):
+    """The real study.py behind a script: eval_threshold needs the two baselines, one seed each here."""
+    proc = run_script("eval_threshold", tmp_path, "--dry_run", QUICK="1", SEEDS="0")
+    assert proc.returncode == 0, proc.stderr
+    runs = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("pending")]
+    assert runs == ["baseline_gem/gem_s0", "eval_threshold/gem_s0", "baseline_netvlad/netvlad_s0",
+                    "eval_threshold/netvlad_s0"]
+    assert not (tmp_path / "logs").exists()  # a dry run writes nothing
 
 
 def spy_inputs(model: torch.nn.Module, shapes: list) -> torch.nn.Module:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aggregations as agg  # noqa: E402
+import aggregations_extra  # noqa: E402,F401  (registers rrm and seqpool, as network.py and parser.py do)
 from commons import UserError  # noqa: E402
 
 torch.set_num_threads(2)
@@ -188,7 +189,7 @@ def test_build_aggregation_options_and_unknown_name() -> None:
     assert agg.build_aggregation("netvlad", 16, netvlad_clusters=5).out_dim == 80
     assert agg.build_aggregation("crn", 16).out_dim == 64 * 16
     assert agg.build_aggregation("gem", 4, gem_p=2.0).p.item() == 2.0
-    assert set(agg.AGGREGATIONS) == {"mac", "spoc", "gem", "rmac", "netvlad", "crn", "cls"}
+    assert set(agg.AGGREGATIONS) == {"mac", "spoc", "gem", "rmac", "netvlad", "crn", "cls", "rrm", "seqpool"}
     with pytest.raises(UserError, match="gem"):
         agg.build_aggregation("vlad", 16)
 

@@ -1,6 +1,7 @@
 """analyze_dataset.py: summary.json against a brute-force computation, figures written and not blank, errors."""
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -116,7 +117,8 @@ def test_default_splits_follow_the_dataset(tmp_path):
     (["--dataset_name", "nope"], "dataset 'nope' not found"),
     (["--splits", "nope"], "split 'nope' missing"),
     (["--splits", "val", "val"], "duplicates"),
-    (["--val_positive_dist_threshold", "0"], "must be > 0"),
+    (["--val_positive_dist_threshold", "0"], "must be a finite number > 0"),
+    (["--train_positives_dist_threshold", "inf"], "must be a finite number > 0"),
     (["--grid_size", "1"], "--grid_size"),
     (["--grid_height", "4"], "--grid_height"),
     (["--no_such_flag"], "unrecognized arguments"),
@@ -129,3 +131,36 @@ def test_user_errors(tiny_world, tmp_path, capsys, flags, message):
         run_cli(ad.main, argv)
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.startswith("error:") and "\n" not in err
+
+
+def test_summary_is_kept_when_a_figure_fails(tiny_world, tmp_path, monkeypatch):
+    """summary.json is written before the figures: a full disk at a grid loses no number."""
+    def full_disk(img, path, **options):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(ad, "save_image", full_disk)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left on device"):
+        ad.main(["--datasets_folder", str(tiny_world), "--dataset_name", "synthetic", "--out", str(out),
+                 "--splits", "test"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["splits"]["test"]["database_num"] == 80 and "figures" not in summary
+    assert not list(out.glob(".*"))  # no temporary file
+
+
+def test_unreadable_images_in_the_grids(tmp_path, capsys):
+    test = tmp_path / "d" / "images" / "test"
+    for kind, xs in (("database", (0, 5, 30)), ("queries", (1, 31))):
+        for x in xs:
+            (test / kind).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), (x * 8, 90, 30)).save(test / kind / f"@{x}.00@0.00@.jpg")
+    bad = test / "database" / "@5.00@0.00@.jpg"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    argv = ["--datasets_folder", str(tmp_path), "--dataset_name", "d", "--out", str(tmp_path / "out"),
+            "--grid_size", "3"]
+    with pytest.raises(UserError, match="cannot be decoded.*or pass --skip_corrupt to leave such images out"):
+        ad.main(argv)
+    summary = ad.main(argv + ["--skip_corrupt"])
+    assert set(summary["unreadable_in_grids"]) == {str(bad)}  # in both grids, named each time
+    assert "--skip_corrupt: left" in capsys.readouterr().out
+    assert {"samples_test.png", "query_positives_test.png"} <= set(summary["figures"])

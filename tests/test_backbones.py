@@ -16,7 +16,8 @@ from parser import parse_train_args
 # Channels C of each backbone's feature map, as documented in the README (Variations). Descriptor size:
 # C for mac/spoc/gem/rmac/cls, K·C for netvlad/crn (K = --netvlad_clusters).
 CHANNELS = {"resnet18conv4": 256, "resnet18conv5": 512, "resnet50conv4": 1024, "resnet50conv5": 2048,
-            "vgg16": 512, "vit_b_16": 768}
+            "resnet101conv4": 1024, "resnet101conv5": 2048, "vgg16": 512, "alexnet": 256, "vit_b_16": 768,
+            "vit": 768, "cct384": 384}
 CLUSTERS = 4
 
 

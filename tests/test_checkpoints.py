@@ -1,19 +1,22 @@
 """Tests of checkpoints: save/load round trip, safe-loading errors, and --resume continuing a run."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 import train
-from commons import UserError, atomic_save
+from atomic_files import atomic_save
+from commons import Terminated, UserError
 from conftest import tiny_train_flags
 from network import build_model, load_model_state
-from util import check_resume_compatible, load_checkpoint, save_checkpoint
-
-
+from util import (check_resumable, check_resume_compatible, load_checkpoint, remove_orphan_temporaries, resume_folder,
+                  save_checkpoint, write_json)
 
 
 @pytest.mark.parametrize("aggregation", ["gem", "netvlad"])
@@ -96,3 +99,73 @@ def test_resume_continues_the_run(tiny_world: Path, tmp_path: Path, monkeypatch)
     straight = train.main(flags + ["--save_dir", "straight"])  # the same two epochs without interruption
     assert straight["losses"] == pytest.approx(resumed["losses"], rel=1e-5)
     assert straight["val_history"] == resumed["val_history"]
+
+
+# ---------------------------------------------------------------- atomic writes, resume rules
+
+def test_files_respect_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        atomic_save({"w": torch.zeros(2)}, tmp_path / "last_model.pth")  # mkstemp alone would give 0o600
+        write_json(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {
+        "last_model.pth": "0o640", "results.json": "0o640"}
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, Terminated])
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch, stop) -> None:
+    path = tmp_path / "last_model.pth"
+    atomic_save({"v": torch.tensor([1])}, path)
+
+    def save_then_stop(obj, f) -> None:
+        f.write(b"PK\x03\x04 partial")
+        raise stop()
+
+    monkeypatch.setattr(torch, "save", save_then_stop)
+    with pytest.raises(stop):
+        atomic_save({"v": torch.tensor([2])}, path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["last_model.pth"]
+    assert torch.equal(load_checkpoint_tensor(path), torch.tensor([1]))
+
+
+def load_checkpoint_tensor(path: Path) -> torch.Tensor:
+    return torch.load(path, weights_only=True)["v"]
+
+
+def test_full_disk_under_torch_gives_the_os_reason(tmp_path: Path, monkeypatch) -> None:
+    """torch's zip writer turns a failed write into '[enforce fail at inline_container.cc]'; the error says why."""
+    real = tempfile.mkstemp
+
+    def mkstemp(**kwargs):
+        fd, tmp = real(**kwargs)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), tmp
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    with pytest.raises(UserError) as e:
+        atomic_save({"w": torch.zeros(100_000)}, tmp_path / "best_model.pth")
+    assert "(No space left on device)" in str(e.value) and "enforce" not in str(e.value)
+    with pytest.raises(OSError) as e:  # any other file: an OSError naming the file asked for
+        write_json(tmp_path / "results.json", {"a": 1})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "results.json")
+    assert not list(tmp_path.iterdir())
+
+
+def test_resume_rules(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="is the best model.*pass .*last_model.pth.*--init_from"):
+        check_resumable(tmp_path / "run" / "best_model.pth")
+    check_resumable(tmp_path / "run" / "last_model.pth")
+    check_resumable(None)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.json").write_text("{}")
+    assert resume_folder(run / "last_model.pth") == run  # a run folder continues in place
+    assert resume_folder(run / "ck.pth") is None and resume_folder(tmp_path / "last_model.pth") is None  # copies
+    orphans = [run / ".last_model.pth.abc.tmp", run / ".best_model.pth.xyz.tmp"]
+    for p in orphans + [run / ".other.tmp"]:
+        p.write_bytes(b"x")
+    assert sorted(remove_orphan_temporaries(run)) == sorted(orphans)
+    assert sorted(p.name for p in run.iterdir()) == [".other.tmp", "args.json"]

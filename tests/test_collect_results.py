@@ -14,7 +14,7 @@ from commons import UserError
 ROOT = Path("logs/abl")
 
 
-def write(folder: Path, name: str, obj: dict) -> None:
+def write(folder: Path, name: str, obj: dict | list) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(json.dumps(obj))
 
@@ -112,3 +112,24 @@ def test_missing_or_empty_folders_are_user_errors(tmp_path):
         collect_results.main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     with pytest.raises(UserError, match="no run folders"):
         collect_results.main([str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_runs_on_other_data_are_never_merged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for seed, folder in ((0, "/data/world_a"), (1, "/data/world_a"), (0, "/data/world_b")):
+        run = train_run(f"s{seed}_{folder[-1]}", seed, "adam", rec(10.0 * (seed + 1), 50.0), 1.0, 1)
+        args = json.loads((run / "results.json").read_text())
+        args["args"]["datasets_folder"] = folder
+        write(run, "results.json", args)
+    out = collect_results.main([str(ROOT), "--out", "summary", "--no_plots"])
+    assert out["varied"] == ["datasets_folder"]
+    assert [(r["datasets_folder"], r["runs"], r["synthetic R@1"][0]) for r in out["rows"]] == [
+        ("/data/world_a", 2, 15.0), ("/data/world_b", 1, 10.0)]
+
+
+def test_a_results_file_that_is_not_an_object_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(ROOT / "x", "results.json", [1, 2])
+    with pytest.raises(UserError, match=r"results.json holds a JSON list, not the object"):
+        collect_results.main([str(ROOT), "--out", "summary"])
+    assert not (tmp_path / "summary").exists()

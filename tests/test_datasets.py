@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from commons import UserError
-from datasets_ws import BaseDataset, TripletsDataset, parse_utm
-from images import normalize
+from commons import UserError, setup_logging
+from dataset_files import UnreadableImagesError, find_duplicates, list_images, report_duplicates
+from datasets_ws import BaseDataset, TripletsDataset, parse_utm, radius_neighbors
+from images import PIXEL_LIMIT_ENV, image_problem, normalize
 
 
 def write_image(path: Path, value: int = 128, size: int = 16) -> None:
@@ -148,3 +149,96 @@ def test_normalize_is_imagenet_standardization() -> None:
     assert normalize(image).dtype == torch.float32 and image.dtype == torch.uint8  # the input is not touched
     batch = torch.stack([image, 255 - image])  # 2×3×1×2
     assert torch.allclose(normalize(batch)[1], normalize(255 - image))
+
+
+# ---------------------------------------------------------------- files: formats, links, duplicates, damage
+
+def test_other_formats_are_read_and_other_files_counted(tmp_path: Path, caplog) -> None:
+    root = make_dataset(tmp_path, [(0.0, 0.0)], [(1.0, 0.0)], split="test")
+    base = root / "toy/images/test/database"
+    for i, ext in enumerate(("webp", "tif", "bmp")):
+        write_image(base / f"@{10.0 * (i + 1):.2f}@0.00@{ext}@.{ext}", value=40 * i)
+    (base / "notes.txt").write_text("x")
+    (base / ".DS_Store").write_bytes(b"x")
+    with caplog.at_level("INFO"):
+        ds = BaseDataset(root, "toy", "test", resize=(8, 8))
+    assert sorted(p.suffix for p in ds.database_paths) == [".bmp", ".jpg", ".tif", ".webp"]
+    assert all(ds.load_uint8(i).shape == (3, 8, 8) for i in range(ds.database_num))
+    assert "ignored 2 files that are not images (1 .txt, 1 hidden)" in caplog.text
+
+
+def test_symbolic_links_are_followed_once(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    write_image(elsewhere / "@5.00@0.00@linked@.jpg")
+    folder = tmp_path / "database"
+    write_image(folder / "own" / "@0.00@0.00@own@.jpg")
+    (folder / "link").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "again").symlink_to(elsewhere, target_is_directory=True)  # the same data linked twice
+    (folder / "own" / "loop").symlink_to(folder, target_is_directory=True)  # a loop
+    found = list_images(folder)
+    assert len(found) == 2 and {p.name for p in found} == {"@0.00@0.00@own@.jpg", "@5.00@0.00@linked@.jpg"}
+    assert all(p.is_relative_to(folder) for p in found)
+
+
+def test_duplicates_are_reported(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "db"
+    write_image(folder / "a" / "@0@0@x@.jpg", value=10)
+    write_image(folder / "b" / "@0@0@x@.jpg", value=200)  # same name, other bytes
+    write_image(folder / "@1@0@y@.jpg", value=50)
+    (folder / "@2@0@z@.jpg").write_bytes((folder / "@1@0@y@.jpg").read_bytes())  # same bytes, other name
+    write_image(folder / "@3@0@w@.jpg", value=90)
+    paths = list_images(folder)
+    found = find_duplicates(paths)
+    assert [sorted(p.relative_to(folder).as_posix() for p in g) for g in found["same file name in two folders"]] == \
+        [["a/@0@0@x@.jpg", "b/@0@0@x@.jpg"]]
+    assert [sorted(p.name for p in g) for g in found["identical bytes"]] == [["@1@0@y@.jpg", "@2@0@z@.jpg"]]
+    with caplog.at_level("WARNING"):
+        report_duplicates(paths, folder)
+    assert "same file name in two folders: 1 groups" in caplog.text and "identical bytes: 1 groups" in caplog.text
+
+
+def test_damage_inside_a_png_is_found_at_start_up(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "a.png"
+    Image.effect_noise((64, 64), 40).convert("RGB").save(path)
+    assert image_problem(path) is None
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte in the middle of the image data: header and end marker intact
+    path.write_bytes(bytes(data))
+    assert "SyntaxError" in image_problem(path)  # chunk checksum
+
+
+def test_images_above_the_pixel_limit_are_named_as_such(tmp_path: Path, monkeypatch) -> None:
+    root = make_dataset(tmp_path, [(0.0, 0.0), (50.0, 0.0)], [(1.0, 0.0)], split="test")
+    monkeypatch.setenv(PIXEL_LIMIT_ENV, "200")  # 16×16 = 256 pixels
+    with pytest.raises(UnreadableImagesError) as e:
+        BaseDataset(root, "toy", "test")
+    assert str(e.value).startswith("3 images above PIL's pixel limit (256 pixels > 200)")
+    assert "VG_MAX_IMAGE_PIXELS=256" in str(e.value) and "corrupt or unreadable" not in str(e.value)
+    monkeypatch.setenv(PIXEL_LIMIT_ENV, "256")
+    assert BaseDataset(root, "toy", "test", resize=(8, 8)).load_uint8(0).shape == (3, 8, 8)
+
+
+def test_skip_corrupt_lists_ten_on_the_console(tmp_path: Path, capsys) -> None:
+    root = make_dataset(tmp_path, [(0.0, 0.0)], [(1.0, 0.0)], split="test")
+    for i in range(12):
+        (root / f"toy/images/test/database/@{i}.00@0.00@bad@.jpg").write_bytes(b"\xff\xd8 not an image")
+    setup_logging(None)
+    ds = BaseDataset(root, "toy", "test", skip_corrupt=True)
+    out = capsys.readouterr().out
+    assert ds.database_num == 1 and "--skip_corrupt: skipping 12 unreadable images of" in out
+    assert out.count("@bad@.jpg (") == 10 and "... and 2 more (all in debug.log)" in out
+    with pytest.raises(UnreadableImagesError, match="12 corrupt or unreadable images: .*or pass --skip_corrupt"):
+        BaseDataset(root, "toy", "test")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 256])
+def test_radius_neighbors_matches_the_full_distance_matrix(chunk: int) -> None:
+    """Grid points at exactly the radius (3-4-5 triangles: 5 m) are inside; UTM-sized offsets keep the result."""
+    rng = np.random.default_rng(0)
+    db = rng.integers(0, 30, (400, 2)) * 1.0 + [5e5, 4.5e6]
+    q = np.concatenate([rng.integers(0, 30, (150, 2)) * 1.0, rng.uniform(-5, 35, (50, 2))]) + [5e5, 4.5e6]
+    d2 = ((q[:, None] - db[None]) ** 2).sum(-1)  # N_q×N_db, the definition
+    for radius in (0.0, 5.0, 12.5):
+        got = radius_neighbors(db, q, radius, chunk=chunk)
+        assert all(np.array_equal(g, np.flatnonzero(row <= radius * radius)) for g, row in zip(got, d2))
+    assert any(len(g) for g in radius_neighbors(db, q, 0.0))  # exact duplicates count at radius 0

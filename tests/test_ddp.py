@@ -44,7 +44,7 @@ def test_ddp_matches_single_process(tiny_world, tmp_path, monkeypatch):
     runs = list((ddp_dir / "logs" / "ddp").iterdir())
     assert len(runs) == 1, f"one run folder expected, got {runs}"
     assert sorted(p.name for p in runs[0].iterdir()) == ["args.json", "best_model.pth", "debug.log", "info.log",
-                                                         "last_model.pth", "results.json"]
+                                                         "last_model.pth", "results.json", "training_curves.png"]
     ddp = json.loads((runs[0] / "results.json").read_text())
 
     import train

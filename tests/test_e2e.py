@@ -43,7 +43,8 @@ def untrained_recalls(args) -> dict[int, float]:
     ds = TripletsDataset(args.datasets_folder, args.dataset_name, "train", tuple(args.resize),
                          args.val_positive_dist_threshold, args.train_positives_dist_threshold)
     model = build_model(args)
-    train.init_weights(model, ds, args, "cpu")  # NetVLAD k-means, consuming the RNG as train.py does
+    if train.init_weights(model, args):  # NetVLAD k-means, consuming the RNG as train.py does
+        train.init_aggregation(model, ds, args, "cpu")
     test_ds = BaseDataset(args.datasets_folder, args.dataset_name, "test", tuple(args.resize),
                           args.val_positive_dist_threshold)
     return evaluation.test(model, test_ds, args.recall_values, args.infer_batch_size, 0, "cpu").recalls

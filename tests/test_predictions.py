@@ -1,6 +1,8 @@
 """eval.py reports: recalls at several radii from one search, the recall@N curve, and prediction pictures."""
 from __future__ import annotations
 
+import errno
+import json
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,30 @@ def test_prediction_frames_follow_the_threshold():
 def test_flag_errors(flags, message):
     with pytest.raises(UserError, match=message):
         parse_eval_args(["--resume", "x.pth", "--device", "cpu"] + flags)
+
+
+def test_recalls_by_radius_are_printed_as_a_table(runs):
+    results, folder = runs["multi"]
+    log = (folder / "info.log").read_text()
+    by_thr = results["recalls_by_threshold"]
+    assert eval_script.recall_table({}, "radius", {f"{t} m": r for t, r in by_thr.items()}) in log
+    table = eval_script.recall_table({}, "radius", {"5 m": {"1": 10.0, "5": 20.5}, "25 m": {"1": 30.0, "5": 100.0}})
+    assert table.splitlines() == ["radius | R@1    | R@5   ", "5 m    |  10.00 |  20.50", "25 m   |  30.00 | 100.00"]
+
+
+def test_results_are_written_before_the_pictures(runs, tiny_world, tmp_path, monkeypatch):
+    """A failure while writing the pictures (here a full disk) loses none of the numbers."""
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "predictions/00000_wrong.jpg")
+
+    monkeypatch.setattr(eval_script, "save_prediction_pictures", full_disk)
+    monkeypatch.chdir(tmp_path)
+    checkpoint = runs["multi"][0]["checkpoint"]
+    with pytest.raises(OSError):
+        eval_script.main(["--resume", checkpoint, "--datasets_folder", str(tiny_world), "--dataset_name",
+                          "synthetic", "--resize", "32", "32", "--device", "cpu", "--num_workers", "0",
+                          "--infer_batch_size", "64", "--save_predictions", "3", "--save_dir", "full"])
+    (folder,) = (tmp_path / "logs" / "full").iterdir()
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved["recalls"] == runs["multi"][0]["recalls"] and "predictions_saved" not in saved
+    assert (folder / "recall_curve.png").is_file()

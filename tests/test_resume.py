@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +20,8 @@ import torch
 
 import train
 import util
-from commons import UserError, atomic_save, run_cli
+from atomic_files import atomic_save, file_mode
+from commons import UserError, run_cli
 from conftest import ROOT, tiny_train_flags
 
 # 2 epochs × 2 cache refreshes of 10 queries: checkpoint files written, in order:
@@ -31,9 +35,11 @@ def flags(world: Path, save_dir: str) -> list[str]:
     return tiny_train_flags(world, save_dir) + SMALL
 
 
-def run_train(cwd: Path, argv: list[str], kill_after: int | None = None) -> subprocess.CompletedProcess:
-    """python train.py argv in cwd, with the same torch thread count as this process (bit-exact CPU math)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+def run_train(cwd: Path, argv: list[str], kill_after: int | None = None,
+              signal_name: str = "KILL") -> subprocess.CompletedProcess:
+    """python train.py argv in cwd, with the same torch thread count as this process (bit-exact CPU math); with
+    kill_after, the process gets SIG<signal_name> right after that many checkpoint files."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), util.KILL_SIGNAL_ENV: signal_name}
     env.pop(util.KILL_HOOK_ENV, None)
     if kill_after is not None:
         env[util.KILL_HOOK_ENV] = str(kill_after)
@@ -82,10 +88,14 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(reference: Path, tiny_world:
     assert load(folder / "best_model.pth")["train_state"]["epoch"] == 1  # best of epoch 0 written...
     assert load(last)["train_state"]["epoch"] == 0 and load(last)["train_state"]["refresh"] == 2  # ...last not
 
-    # 3) resumed to the end: validation of epoch 0 is repeated, best_model.pth rewritten identically
+    # 3) resumed to the end: validation of epoch 0 is repeated, best_model.pth rewritten identically; the temporary
+    #    file of a checkpoint write cut short by a SIGKILL is removed
+    orphan = folder / ".last_model.pth.x1y2z3.tmp"
+    orphan.write_bytes(b"PK partial")
     proc = run_train(tmp_path, ["--resume", str(last)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "at epoch 0, refresh 2" in (folder / "info.log").read_text()
+    assert not orphan.exists() and not list(folder.glob(".*.tmp"))
 
     ref, got = (json.loads((f / "results.json").read_text()) for f in (reference, folder))
     assert got["test"]["recalls"] == ref["test"]["recalls"]
@@ -96,6 +106,58 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(reference: Path, tiny_world:
         assert_same_tensors(a["model_state_dict"], b["model_state_dict"])
         assert a["train_state"]["epoch"] == b["train_state"]["epoch"]
     assert torch.equal(load(reference / "last_model.pth")["neg_cache"], load(last)["neg_cache"])
+
+
+def stop_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The lines of stderr once progress bars ('name: 67%|███   | 2/3 [00:00<00:00, 6.48it/s]') are dropped."""
+    lines = (line.split("\r")[-1].strip() for line in proc.stderr.split("\n"))
+    return [ln for ln in lines if ln and not re.search(r"\|\s*\d+/\d+ \[", ln)]
+
+
+def same_results(a: Path, b: Path) -> None:
+    ra, rb = (json.loads((f / "results.json").read_text()) for f in (a, b))
+    assert (ra["test"]["recalls"], ra["losses"], ra["val_history"]) == (rb["test"]["recalls"], rb["losses"],
+                                                                        rb["val_history"])
+
+
+def test_sigterm_prints_the_resume_command_that_continues_exactly(reference: Path, tiny_world: Path,
+                                                                  tmp_path: Path) -> None:
+    # SIGTERM (cluster pre-emption) right after the 4th checkpoint file: the last_model.pth of epoch 0's end
+    proc = run_train(tmp_path, flags(tiny_world, "term"), kill_after=4, signal_name="TERM")
+    folder = only_run_folder(tmp_path, "term")
+    last = folder / "last_model.pth"
+    assert proc.returncode == 143 and "Traceback" not in proc.stderr
+    assert f"run folder: {folder.relative_to(tmp_path)}" in proc.stdout  # announced at start-up
+    lines = stop_lines(proc)
+    assert lines == ["terminated (SIGTERM)", f"run folder: {folder.relative_to(tmp_path)}; its last_model.pth is "
+                     f"intact; continue with: python train.py --resume {last.relative_to(tmp_path)}"]
+    # a copy of the checkpoint (with the run's best_model.pth beside it) gets a run folder of its own
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(last, elsewhere / "ck.pth")
+    shutil.copy(folder / "best_model.pth", elsewhere / "best_model.pth")
+    proc = run_train(tmp_path, ["--resume", str(elsewhere / "ck.pth")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["best_model.pth", "ck.pth"]  # nothing written there
+    copy_folder = next(f for f in (tmp_path / "logs" / "term").iterdir() if f != folder)
+    same_results(reference, copy_folder)
+    # the printed command, run as printed, ends exactly like the uninterrupted run
+    command = shlex.split(lines[1].split("continue with: ")[1])
+    assert command[:2] == ["python", "train.py"]
+    proc = run_train(tmp_path, command[2:])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    same_results(reference, folder)
+    assert oct(last.stat().st_mode & 0o777) == oct(file_mode())  # as any new file, not mkstemp's 0600
+
+
+def test_copied_checkpoint_without_its_best_tests_the_last_model(reference: Path, tmp_path: Path) -> None:
+    shutil.copy(reference / "last_model.pth", tmp_path / "final.pth")  # a finished run, copied alone
+    proc = run_train(tmp_path, ["--resume", str(tmp_path / "final.pth")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = only_run_folder(tmp_path, "ref")
+    results = json.loads((folder / "results.json").read_text())
+    assert results["test"]["checkpoint"] == str(tmp_path / "final.pth") and results["epochs"] == 2
+    assert "testing the last model" in (folder / "info.log").read_text()
 
 
 def test_best_model_holds_the_best_validation_recall(reference: Path) -> None:

@@ -11,7 +11,7 @@ from commons import UserError
 from conftest import tiny_train_flags
 from images import to_input
 from losses import build_criterion
-from mining import MINERS
+from mining import MINERS, MiningContext
 from network import build_model
 from parser import parse_train_args
 from util import save_checkpoint
@@ -34,7 +34,11 @@ def loss_before_after(flags: list[str], passes: int = 3) -> tuple[float, float]:
     args = parse_train_args(flags)
     torch.manual_seed(0)
     np.random.seed(0)
-    ds, _, model, optimizer, _, _, ctx = train.setup(args, "cpu")
+    inputs = train.load_inputs(args, "cpu")
+    ds, model, optimizer = inputs.ds, inputs.model, inputs.optimizer
+    if inputs.needs_kmeans:
+        train.init_aggregation(model, ds, args, "cpu")
+    ctx = MiningContext(model, ds, args, "cpu", inputs.neg_cache)
     triplets = MINERS[args.mining](ctx, np.arange(4))
     criterion = build_criterion(args.criterion, args.margin)
     before = fixed_loss(model, ds, triplets, criterion)
@@ -84,14 +88,16 @@ def test_crn_starts_from_netvlad_checkpoint(tiny_world, tmp_path, monkeypatch) -
     state = torch.load(ckpt, weights_only=True)["model_state_dict"]
     flags = tiny_train_flags(tiny_world, "crn") + ["--aggregation", "crn", "--netvlad_clusters", "4",
                                                    "--init_from", ckpt, "--attention_lr", "1e-2"]
-    _, _, model, optimizer, _, _, _ = train.setup(parse_train_args(flags), "cpu")
+    inputs = train.load_inputs(parse_train_args(flags), "cpu")
+    model, optimizer = inputs.model, inputs.optimizer
+    assert not inputs.needs_kmeans  # the NetVLAD layer comes from the checkpoint
     own = model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in state.items())  # backbone and NetVLAD weights, no k-means
     assert torch.allclose(own["aggregation.crn.accumulate.bias"], torch.tensor([np.log(np.e - 1)], dtype=torch.float32))
     crn = {id(p) for p in model.aggregation.crn.parameters()}
     assert {id(p) for p in optimizer.param_groups[1]["params"]} == crn and optimizer.param_groups[1]["lr"] == 1e-2
     with pytest.raises(UserError, match="does not fit this model"):
-        train.setup(parse_train_args(flags[:-4] + ["--backbone", "resnet18conv5", "--init_from", ckpt]), "cpu")
+        train.load_inputs(parse_train_args(flags[:-4] + ["--backbone", "resnet18conv5", "--init_from", ckpt]), "cpu")
 
 
 def test_train_main_crn_sare_rolling(tiny_world, tmp_path, monkeypatch) -> None:

@@ -1,6 +1,7 @@
 """Synthetic world generator: a procedural map rendered into a datasets_vg-style VG dataset.
 
-One RGB map (1 px = 1 m): multi-octave smooth noise plus random solid rectangles. Each split owns a
+One RGB map (1 px = 1 m): multi-octave smooth noise plus random solid rectangles, in a style of
+tools/world_styles.py ("city" by default; "suburb" for a second world of another look). Each split owns a
 vertical strip of it, strips separated by more than a view reaches, so splits share no map content.
 Database views are rotated crops at uniform random poses; queries re-view a database pose with jitter
 and an appearance change. Writes <out_dir>/<name>/world.json and
@@ -9,9 +10,9 @@ with easting = 500000 + x, northing = 4400000 + y for the map position (x, y) in
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,18 +22,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from commons import UserError, run_cli
+from commons import CliParser, UserError, run_cli
+from tools.world_styles import DEFAULT_STYLE, STYLES, WorldStyle, apply_appearance_change
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SIZES = {"train": (2000, 1000), "val": (500, 250), "test": (800, 400)}
 FORMATS = ("jpg", "png")
 UTM_ORIGIN = (500000.0, 4400000.0)
-NOISE_SCALES = (128, 32, 8, 2)          # px per noise-grid cell, one octave each
-RECTS_PER_M2 = 1500 / 1024 ** 2         # 1500 rectangles on a 1024×1024 m map
-RECT_SIDE = (4, 30)                     # rectangle side range, metres
-# Query pose jitter (metres, radians) and appearance change; occluder side = fraction × image side.
-QUERY_CHANGE = {"pos_std_m": 6.0, "heading_std_rad": 0.3, "gain": (0.5, 1.5), "bias_std": 0.5, "blur_prob": 0.5,
-                "noise_std": 0.3, "max_occluders": 2, "occluder_fraction": 0.25}
 U8_CENTER, U8_SCALE = 128.0, 40.0       # uint8 = clip(128 + 40 · standardized value)
 JPEG_QUALITY = 95
 PIXELS_PER_CHUNK = 1 << 21              # views rendered per chunk = this / image_size²
@@ -53,20 +49,25 @@ def _standardize(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(((a - mean) / std).astype(np.float32))
 
 
-def make_map(map_size: int, seed: int) -> torch.Tensor:
+def make_map(map_size: int, seed: int, style: WorldStyle = STYLES[DEFAULT_STYLE]) -> torch.Tensor:
     """Procedural RGB map, 3×M×M float32 (M = map_size, 1 px = 1 m), standardized per channel."""
     g, m = _generator(seed, 0), map_size
     world = torch.zeros(1, 3, m, m)
-    for s in NOISE_SCALES:
+    for s in style.noise_scales:
         n = math.ceil(m / s) + 2
         grid = torch.randn(1, 3, n, n, generator=g)                    # 1×3×n×n
         up = F.interpolate(grid, scale_factor=s, mode="bicubic", align_corners=False)
         world += up[..., s:s + m, s:s + m]
+    if style.map_colour_mix is not None:
+        world = torch.einsum("ij,bjhw->bihw", torch.tensor(style.map_colour_mix), world)
     world = _standardize(world[0])                                      # 3×M×M
-    n_rects = round(RECTS_PER_M2 * m * m)
-    sides = torch.randint(RECT_SIDE[0], RECT_SIDE[1] + 1, (n_rects, 2), generator=g).clamp(max=m)
+    n_rects = round(style.rects_per_m2 * m * m)
+    lo, hi = style.rect_side
+    sides = torch.randint(lo, hi + 1, (n_rects, 2), generator=g).clamp(max=m)
     corners = torch.rand(n_rects, 2, generator=g)
-    colours = torch.randn(n_rects, 3, generator=g)
+    colours = torch.randn(n_rects, 3, generator=g)                      # n_rects×3
+    if style.rect_colour_std != 1.0 or any(style.rect_colour_mean):
+        colours = colours * style.rect_colour_std + torch.tensor(style.rect_colour_mean)
     for (w, h), (u, v), c in zip(sides.tolist(), corners.tolist(), colours):
         x0, y0 = int(u * (m - w + 1)), int(v * (m - h + 1))
         world[:, y0:y0 + h, x0:x0 + w] = c[:, None, None]
@@ -121,8 +122,11 @@ def _clamp_to(xy: torch.Tensor, region: Region, reflect: bool = False) -> torch.
     return torch.stack([x.clamp(x0, x1), y.clamp(y0, y1)], dim=1)
 
 
-def sample_poses(region: Region, n_db: int, n_q: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+def sample_poses(region: Region, n_db: int, n_q: int, g: torch.Generator,
+                 change: dict = STYLES[DEFAULT_STYLE].query_change) -> dict[str, torch.Tensor]:
     """Database poses uniform in region; each query jitters a database pose (positions rounded to 1 cm).
+
+    change: the style's query change (its "pos_std_m" and "heading_std_rad" apply here).
 
     Returns float64 tensors: db_xy N×2, db_heading N, q_xy Q×2, q_heading Q, q_source Q (int64).
     """
@@ -134,9 +138,9 @@ def sample_poses(region: Region, n_db: int, n_q: int, g: torch.Generator) -> dic
         src = torch.randperm(n_db, generator=g)[:n_q]
     else:
         src = torch.randint(0, n_db, (n_q,), generator=g)
-    jitter = torch.randn(n_q, 2, generator=g, dtype=torch.float64) * QUERY_CHANGE["pos_std_m"]
+    jitter = torch.randn(n_q, 2, generator=g, dtype=torch.float64) * change["pos_std_m"]
     q_xy = _clamp_to(_round2(_clamp_to(db_xy[src] + jitter, region, reflect=True)), region)
-    q_heading = db_heading[src] + torch.randn(n_q, generator=g, dtype=torch.float64) * QUERY_CHANGE["heading_std_rad"]
+    q_heading = db_heading[src] + torch.randn(n_q, generator=g, dtype=torch.float64) * change["heading_std_rad"]
     return {"db_xy": db_xy, "db_heading": db_heading, "q_xy": q_xy,
             "q_heading": torch.remainder(q_heading, 2 * math.pi), "q_source": src}
 
@@ -160,32 +164,6 @@ def render_views(world: torch.Tensor, xy: torch.Tensor, heading: torch.Tensor,
     return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _blur3x3(x: torch.Tensor) -> torch.Tensor:
-    """[1 2 1]⊗[1 2 1]/16 blur of B×C×H×W with replicate padding (fixed summation order)."""
-    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    rows = (p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]) / 4
-    return (rows[..., :-2] + 2 * rows[..., 1:-1] + rows[..., 2:]) / 4
-
-
-def apply_appearance_change(views: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Query appearance change of standardized views B×C×S×S: gain/bias, blur, occluders, noise."""
-    b, c, s, _ = views.shape
-    qc, n_max = QUERY_CHANGE, QUERY_CHANGE["max_occluders"]
-    gain = qc["gain"][0] + (qc["gain"][1] - qc["gain"][0]) * torch.rand(b, c, 1, 1, generator=g)   # B×C×1×1
-    out = views * gain + torch.randn(b, c, 1, 1, generator=g) * qc["bias_std"]
-    blur = torch.rand(b, generator=g) < qc["blur_prob"]
-    out = torch.where(blur[:, None, None, None], _blur3x3(out), out)
-    occ = max(1, round(s * qc["occluder_fraction"]))
-    n_occ = torch.randint(0, n_max + 1, (b,), generator=g)
-    corners = torch.randint(0, s - occ + 1, (b, n_max, 2), generator=g)
-    colours = torch.randn(b, n_max, c, generator=g)
-    for i, k in enumerate(n_occ.tolist()):
-        for j in range(k):
-            y, x = corners[i, j].tolist()
-            out[i, :, y:y + occ, x:x + occ] = colours[i, j, :, None, None]
-    return out + torch.randn(out.shape, generator=g) * qc["noise_std"]
-
-
 def to_uint8(views: torch.Tensor) -> torch.Tensor:
     """Standardized B×C×S×S float -> B×S×S×C uint8 with the fixed mapping clip(128 + 40·x)."""
     return (views * U8_SCALE + U8_CENTER).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
@@ -198,7 +176,7 @@ def view_filename(x: float, y: float, split: str, kind: str, index: int, heading
 
 
 def _save_views(world: torch.Tensor, folder: Path, xy: torch.Tensor, heading: torch.Tensor, names: list[str],
-                view_width: float, image_size: int, change: torch.Generator | None) -> None:
+                view_width: float, image_size: int, change: tuple[torch.Generator, dict] | None) -> None:
     """Render, optionally change appearance (queries), and save the views in chunks."""
     folder.mkdir(parents=True, exist_ok=True)
     chunk = max(1, PIXELS_PER_CHUNK // image_size ** 2)
@@ -206,22 +184,22 @@ def _save_views(world: torch.Tensor, folder: Path, xy: torch.Tensor, heading: to
         end = min(start + chunk, len(names))
         views = render_views(world, xy[start:end], heading[start:end], view_width, image_size)  # B×3×S×S
         if change is not None:
-            views = apply_appearance_change(views, change)
+            views = apply_appearance_change(views, *change)
         for img, name in zip(to_uint8(views).numpy(), names[start:end]):
             kwargs = {"quality": JPEG_QUALITY, "subsampling": 0} if name.endswith(".jpg") else {}
             Image.fromarray(img).save(folder / name, **kwargs)
 
 
 def _write_split(world: torch.Tensor, root: Path, split: str, region: Region, counts: tuple[int, int],
-                 view_width: float, image_size: int, ext: str, g: torch.Generator) -> None:
+                 view_width: float, image_size: int, ext: str, g: torch.Generator, change: dict) -> None:
     """Sample poses for one split and write its database and queries folders."""
-    p = sample_poses(region, counts[0], counts[1], g)
+    p = sample_poses(region, counts[0], counts[1], g, change)
     for kind, tag, xy, hd in (("database", "db", p["db_xy"], p["db_heading"]),
                               ("queries", "q", p["q_xy"], p["q_heading"])):
         names = [view_filename(x, y, split, tag, i, h, ext)
                  for i, ((x, y), h) in enumerate(zip(xy.tolist(), hd.tolist()))]
         _save_views(world, root / "images" / split / kind, xy, hd, names, view_width, image_size,
-                    g if kind == "queries" else None)
+                    (g, change) if kind == "queries" else None)
 
 
 def _validate(seed: int, name: str, image_size: int, sizes: dict, map_size: int,
@@ -253,6 +231,21 @@ def _validate(seed: int, name: str, image_size: int, sizes: dict, map_size: int,
     return out
 
 
+MAP_BYTES_PER_M2 = 72  # peak memory of make_map per square metre: the float32 map, float64 statistics, temporaries
+
+
+def _check_memory(map_size: int) -> None:
+    """Refuse a map that cannot fit in this machine's memory, before allocating it."""
+    need = MAP_BYTES_PER_M2 * map_size ** 2
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not available on this system: no check
+        return
+    if need > have:
+        raise UserError(f"--map_size {map_size} needs about {need / 2**30:.0f} GiB of memory for the map, more than "
+                        f"the {have / 2**30:.0f} GiB here; use a smaller --map_size (default 1024)")
+
+
 def _prepare_target(target: Path, overwrite: bool) -> None:
     """Refuse to clobber an existing dataset unless overwrite; never remove a folder we did not write."""
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
@@ -266,14 +259,20 @@ def _prepare_target(target: Path, overwrite: bool) -> None:
 
 def generate_world(out_dir: str | Path, seed: int = 0, name: str = "synthetic", image_size: int = 64,
                    sizes: dict[str, tuple[int, int]] | None = None, map_size: int = 1024,
-                   view_width: float = 64.0, image_format: str = "jpg", overwrite: bool = False) -> Path:
+                   view_width: float = 64.0, image_format: str = "jpg", overwrite: bool = False,
+                   style: str = DEFAULT_STYLE) -> Path:
     """Generate a synthetic VG dataset at <out_dir>/<name> and return that path.
 
-    sizes maps each split to (database, queries) counts (default DEFAULT_SIZES). Same arguments give
-    byte-identical files. Written to a temporary folder first, then renamed into place.
+    sizes maps each split to (database, queries) counts (default DEFAULT_SIZES); style names an entry of
+    tools.world_styles.STYLES. Same arguments give byte-identical files. Written to a temporary folder first,
+    then renamed into place.
     """
+    if style not in STYLES:
+        raise UserError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
+    look = STYLES[style]
     sizes = _validate(seed, name, image_size, DEFAULT_SIZES if sizes is None else sizes,
                       map_size, view_width, image_format)
+    _check_memory(map_size)
     out_dir, target = Path(out_dir), Path(out_dir) / name
     _prepare_target(target, overwrite)
     regions = split_regions(map_size, float(view_width), {s: n[0] for s, n in sizes.items()})
@@ -283,35 +282,33 @@ def generate_world(out_dir: str | Path, seed: int = 0, name: str = "synthetic", 
     except OSError as e:
         raise UserError(f"cannot write into {out_dir} ({e.strerror}); choose another --out") from e
     try:
-        world = make_map(map_size, seed)
+        world = make_map(map_size, seed, look)
         for i, split in enumerate(SPLITS):
             _write_split(world, tmp, split, regions[split], sizes[split], float(view_width), image_size,
-                         image_format, _generator(seed, i + 1))
+                         image_format, _generator(seed, i + 1), look.query_change)
         info = {"seed": seed, "name": name, "image_size": image_size, "map_size": map_size,
                 "view_width": float(view_width), "format": image_format, "utm_origin": list(UTM_ORIGIN),
                 "sizes": {s: {"database": n[0], "queries": n[1]} for s, n in sizes.items()},
                 "regions": {s: dict(zip(("x_min", "x_max", "y_min", "y_max"), r)) for s, r in regions.items()},
-                "query_change": QUERY_CHANGE}
+                "query_change": look.query_change}
+        if style != DEFAULT_STYLE:  # the default world.json stays as it always was
+            info.update(style=style, map_style=look.describe())
         (tmp / "world.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
+    except OSError as e:
+        raise UserError(f"cannot write the world into {out_dir} ({e.strerror}); free disk space or choose another "
+                        f"--out (nothing was left behind)") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return target
 
 
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one-line UserErrors instead of usage dumps."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message}; see python -m tools.synthetic_world --help")
-
-
 def main(argv: list[str] | None = None) -> Path:
     """CLI: generate a synthetic world and print its path and counts."""
-    p = _Parser(prog="python -m tools.synthetic_world", description=__doc__.splitlines()[0])
+    p = CliParser(prog="python -m tools.synthetic_world", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder; the dataset goes to OUT/NAME")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="synthetic")
@@ -322,11 +319,13 @@ def main(argv: list[str] | None = None) -> Path:
         p.add_argument(f"--{split}_db", type=int, default=DEFAULT_SIZES[split][0])
         p.add_argument(f"--{split}_q", type=int, default=DEFAULT_SIZES[split][1])
     p.add_argument("--format", choices=FORMATS, default="jpg")
+    p.add_argument("--style", choices=sorted(STYLES), default=DEFAULT_STYLE,
+                   help="map statistics and query appearance changes (tools/world_styles.py)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing world at OUT/NAME")
     a = p.parse_args(argv)
     sizes = {s: (getattr(a, f"{s}_db"), getattr(a, f"{s}_q")) for s in SPLITS}
     path = generate_world(a.out, a.seed, a.name, a.image_size, sizes, a.map_size, a.view_width,
-                          a.format, a.overwrite)
+                          a.format, a.overwrite, a.style)
     print(path)
     for s in SPLITS:
         print(f"{s}: {sizes[s][0]} database, {sizes[s][1]} queries")
