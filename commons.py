@@ -17,11 +17,31 @@ from typing import Any, Callable, NoReturn
 import numpy as np
 import torch
 
-from runlog import log_to_folder, setup_logging  # noqa: F401 (re-exported: the CLIs' logging)
+from runs.runlog import log_to_folder, setup_logging  # noqa: F401 (re-exported: the CLIs' logging)
 
 
 class UserError(Exception):
     """A problem caused by the user's input. Its message is one line: what is wrong and how to fix it."""
+
+
+class Registry(dict):
+    """Components of one kind (losses, aggregations, attention layers, backbones, miners) by name.
+
+    `@REGISTRY.register("name")` adds a function or class; registering a name twice is an error. The registered
+    names are the choices of the matching command-line flag."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        """Decorator adding the decorated function or class under `name`."""
+        def deco(component: Any) -> Any:
+            if name in self:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self[name] = component
+            return component
+        return deco
 
 
 class Terminated(BaseException):
@@ -252,9 +272,8 @@ def autocast(device: str, precision: str):
 def uses_channels_last(device: str, precision: str) -> bool:
     """Whether convolutions run in channels_last (B×H×W×C in memory) for this device and precision.
 
-    Always on a CPU: oneDNN's kernels want it, and fp32 gains too (ResNet-18 at 480×640 on an AVX2 CPU: max-pool
-    ~6× faster, forward ~25 % and training step ~45 % faster; see benchmark.py's model_nchw figure). On CUDA only
-    in reduced precision, where tensor cores want it.
+    Always on a CPU: oneDNN's kernels want it, and fp32 gains too (benchmark.py's model_nchw figure; README,
+    Performance). On CUDA only in reduced precision, where tensor cores want it.
     """
     return device == "cpu" or precision != "fp32"
 

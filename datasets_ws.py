@@ -2,7 +2,7 @@
 
 Layout: <datasets_folder>/<dataset_name>/images/<split>/{database|gallery,queries}/**/*.{jpg,png,webp,tif,bmp}
 File names carry UTM coordinates: fields 1 and 2 of the name split on '@' are easting and northing. Listing, the
-start-up check of the files and the duplicate report are in dataset_files.py.
+start-up check of the files and the duplicate report are in dataio/dataset_files.py.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 import torch.utils.data as data
 
 from commons import UserError
-from dataset_files import (IMAGE_EXTENSIONS, MAX_LISTED, UnreadableImagesError, build_all,  # noqa: F401 (API)
+from dataio.dataset_files import (IMAGE_EXTENSIONS, MAX_LISTED, UnreadableImagesError, build_all,  # noqa: F401 (API)
                            drop_unreadable, list_images, report_duplicates)
-from images import build_resize, open_image
+from dataio.images import build_resize, open_image
 
 DATABASE_FOLDER_NAMES = ("database", "gallery")
 

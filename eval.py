@@ -12,19 +12,19 @@ import logging
 
 import torch
 
-from aggregations_extra import SHALLOW_AGGREGATIONS
+from model.aggregations_dvgl import SHALLOW_AGGREGATIONS
 from commons import (UserError, log_precision, log_to_folder, make_deterministic, prepare_model, run_cli, set_stop_hint,
                      setup_logging, tune_allocator)
 from datasets_ws import BaseDataset, split_folder
-from evaluation import EvalResult, hits_matrix, prediction_distances, recalls_by_threshold, recalls_from_hits
-from external_weights import load_off_the_shelf
+from retrieval.evaluation import EvalResult, hits_matrix, prediction_distances, recalls_by_threshold, recalls_from_hits
+from model.external_weights import load_off_the_shelf
 from network import arch_config, build_model, load_model_state
 from parser import parse_eval_args, resolve_device, startup_notes, train_parser
-from pca import PCA, prepare_pca
-from test_methods import Ensemble, MultiScale, run_test_method
+from retrieval.pca import PCA, prepare_pca
+from retrieval.query_methods import Ensemble, MultiScale, run_test_method
 from util import (arch_summary, check_finite_radii, check_recall_values, load_checkpoint, log_args, new_run_folder,
                   write_json)
-from visualize import plot_recall_curve, plot_recall_vs_threshold, save_prediction_pictures
+from runs.visualize import plot_recall_curve, plot_recall_vs_threshold, save_prediction_pictures
 
 CURVE_MAX_N = 100  # recall_curve.png: recall@N for N = 1..100 (clipped to the database size)
 

@@ -12,22 +12,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from aggregations import build_aggregation
-from aggregations_extra import SHALLOW_AGGREGATIONS, pool_with_l2
-from attention import build_attention
-from backbones import build_backbone
+from model.aggregations import build_aggregation
+from model.aggregations_dvgl import SHALLOW_AGGREGATIONS, pool_with_l2
+from model.attention import build_attention
+from model.backbones import build_backbone
+from cli.model_flags import ARCH_DEFAULTS
 from commons import UserError
-from images import to_input
+from dataio.images import to_input
 
-ARCH_DEFAULTS = {"backbone": "resnet18conv4", "aggregation": "gem", "netvlad_clusters": 64,
-                 "fc_output_dim": None, "attention": "none", "l2": "after_pool", "trunc_te": None}
 
 
 class GeoLocalizationNet(nn.Module):
     """Images B×3×H×W → L2-normalized descriptors B×D (D = self.out_dim)."""
 
-    def __init__(self, backbone: str = "resnet18conv4", aggregation: str = "gem", netvlad_clusters: int = 64,
-                 fc_output_dim: int | None = None, attention: str = "none", l2: str = "after_pool",
+    def __init__(self, backbone: str = ARCH_DEFAULTS["backbone"], aggregation: str = ARCH_DEFAULTS["aggregation"],
+                 netvlad_clusters: int = ARCH_DEFAULTS["netvlad_clusters"], fc_output_dim: int | None = None,
+                 attention: str = ARCH_DEFAULTS["attention"], l2: str = ARCH_DEFAULTS["l2"],
                  trunc_te: int | None = None, pretrained: bool | str = False, train_all_layers: bool = False,
                  freeze_te: int | None = None):
         super().__init__()

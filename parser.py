@@ -8,13 +8,11 @@ import argparse
 import os
 
 from commons import CliParser, UserError
-from dvgl_compat import (DVGLArgumentParser, add_common_flags, add_train_flags, crn_net_lr, default_notes,
+from cli.dvgl_compat import (DVGLArgumentParser, add_common_flags, add_train_flags, crn_net_lr, default_notes,
                          explicit_dests, ignored_notes, mirror_training_flags, validate_eval, validate_train)
-from model_flags import add_arch_args, add_model_args, add_pretrain_arg
+from cli.model_flags import add_arch_args, add_model_args, add_pretrain_arg
+from util import check_resume_compatible, load_checkpoint
 
-ARCH_KEYS = ("backbone", "aggregation", "netvlad_clusters", "fc_output_dim", "attention", "l2", "trunc_te")
-RESUME_SAFE_KEYS = ("epochs_num", "num_workers", "device", "infer_batch_size", "save_dir", "resume",
-                    "patience", "datasets_folder", "skip_corrupt", "log_level", "init_from", "precision_requested")
 
 
 class _Parser(CliParser, DVGLArgumentParser):
@@ -55,9 +53,9 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from losses import CRITERIA
-    from mining import MINERS
-    from optim import OPTIMIZERS, SCHEDULERS
+    from training.losses import CRITERIA
+    from training.mining import MINERS
+    from training.optim import OPTIMIZERS, SCHEDULERS
     g = p.add_argument_group("training")
     g.add_argument("--train_batch_size", type=int, default=4, help="queries per batch")
     g.add_argument("--negs_num_per_query", type=int, default=10)
@@ -100,7 +98,7 @@ def train_parser() -> argparse.ArgumentParser:
     _runtime_args(p)
     add_model_args(p)
     _train_args(p)
-    from augmentations import add_augmentation_args
+    from training.augmentations import add_augmentation_args
     add_augmentation_args(p)
     add_train_flags(p)
     add_common_flags(p)
@@ -108,7 +106,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _test_variant_args(p: argparse.ArgumentParser) -> None:
-    from test_methods import TEST_METHODS
+    from retrieval.query_methods import TEST_METHODS
     g = p.add_argument_group("test-time variants (README: Variations beyond the baselines)")
     g.add_argument("--ensemble", choices=["concat", "mean"], default="concat",
                    help="with several --resume: concatenate or average their L2-normalized descriptors")
@@ -205,11 +203,11 @@ def validate_train_args(args: argparse.Namespace) -> None:
     _check(args.rolling_period > 0, f"--rolling_period must be > 0, got {args.rolling_period}")
     _check(args.netvlad_alpha_ratio > 1, f"--netvlad_alpha_ratio must be > 1, got {args.netvlad_alpha_ratio}")
     validate_train(args)
-    from augmentations import validate_augmentation_args
-    from optim import validate_optim_args
+    from training.augmentations import validate_augmentation_args
+    from training.optim import validate_optim_args
     validate_optim_args(args)
     validate_augmentation_args(args)
-    from backbones import input_multiple
+    from model.backbones import input_multiple
     m = input_multiple(args.backbone)
     _check(all(v % m == 0 for v in [*args.resize, *(args.test_resize or [])]),
            f"--backbone {args.backbone} needs image sides multiple of {m}; got --resize {args.resize}"
@@ -256,12 +254,11 @@ def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate train.py arguments.
 
     With --resume, flags not given on the command line take the values stored in the checkpoint, and given flags
-    that change the run (all but RESUME_SAFE_KEYS) are refused, before anything is written.
+    that change the run (all but util.RESUME_SAFE_KEYS) are refused, before anything is written.
     """
     p = train_parser()
     args = p.parse_args(argv)
     if args.resume:
-        from util import check_resume_compatible, load_checkpoint
         stored = load_checkpoint(args.resume)["args"]
         args = _reparse(p, argv, **{k: v for k, v in stored.items() if k in vars(args) and k != "resume"})
         check_resume_compatible(stored, vars(args))

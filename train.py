@@ -16,22 +16,22 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-import distributed
-from augmentations import build_augmentation
+from training import distributed
+from training.augmentations import build_augmentation
 from commons import (autocast, get_rng_state, log_precision, log_to_folder, make_deterministic, prepare_model, run_cli,
                      set_rng_state, set_stop_hint, setup_logging, tune_allocator)
 from datasets_ws import BaseDataset, TripletsDataset, build_all
-from evaluation import EvalResult, format_recalls, test
-from images import to_input
-from losses import build_criterion
-from mining import MINERS, MiningContext
+from retrieval.evaluation import EvalResult, format_recalls, test
+from dataio.images import to_input
+from training.losses import build_criterion
+from training.mining import MINERS, MiningContext
 from network import build_model, initialize_aggregation, load_init_state, load_model_state
-from optim import build_optimizer, lr_factor, set_lr
-from parser import parse_train_args, resolve_device, startup_notes
+from training.optim import build_optimizer, lr_factor, set_lr
+from parser import parse_train_args, resolve_device, startup_notes, train_parser
 from util import (BEST, LAST, NonFiniteError, check_finite_radii, check_recall_values, check_resumable,
-                  check_resume_compatible, continue_from, load_checkpoint, log_args, new_run_folder, resume_folder,
+                  continue_from, load_checkpoint, log_args, new_run_folder, resume_folder,
                   save_checkpoint, train_stop_hint, write_json)
-from visualize import plot_training_curves
+from runs.visualize import plot_training_curves
 
 STOP_METRIC = 5  # early stopping and model selection use recall@5
 
@@ -204,9 +204,7 @@ class RunInputs:
 def load_inputs(args, device: str) -> RunInputs:
     """Datasets, model, optimizer, state, negative cache and whether k-means is still needed; restored from --resume
     or --init_from when given. Every input is read and checked here, before the run folder is created."""
-    ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt:
-        check_resume_compatible(ckpt["args"], vars(args))
+    ckpt = load_checkpoint(args.resume) if args.resume else None  # its args were checked by parse_train_args
     where, test_size = (args.datasets_folder, args.dataset_name), tuple(args.test_resize or args.resize)
     ds, val_ds, test_ds = build_all(  # unreadable images of all three splits are reported together, before training
         lambda: TripletsDataset(*where, "train", tuple(args.resize), args.val_positive_dist_threshold,
@@ -248,7 +246,8 @@ def open_run_folder(args, state: TrainState, main_rank: bool, argv: list[str] | 
     if args.resume:
         continue_from(Path(args.resume), folder, state.best_recall)
     set_stop_hint(train_stop_hint(folder, args, sys.argv[1:] if argv is None else argv,
-                                  distributed.world_size() if distributed.active() else None))
+                                  distributed.world_size() if distributed.active() else None,
+                                  vars(train_parser().parse_args([]))))
     return folder
 
 
@@ -277,7 +276,7 @@ def final_test(args, folder: Path, device: str, state: TrainState, test_ds: Base
 
 def main(argv: list[str] | None = None) -> dict:
     """Train, validate every epoch, stop early on R@5, then test the best model. Under torchrun:
-    DistributedDataParallel over the ranks (see distributed.py); rank 0 logs and writes files."""
+    DistributedDataParallel over the ranks (see training/distributed.py); rank 0 logs and writes files."""
     args = parse_train_args(argv)
     check_resumable(args.resume)
     check_finite_radii(val_positive_dist_threshold=args.val_positive_dist_threshold)

@@ -1,11 +1,13 @@
 """Checkpoints, run folders and result files."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import math
 import os
 import pickle
+import platform
 import shlex
 import shutil
 import signal
@@ -15,9 +17,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from atomic_files import atomic_save, atomic_write
+from runs.atomic_files import atomic_save, atomic_write
 from commons import UserError
-from parser import ARCH_KEYS, RESUME_SAFE_KEYS, train_parser
+from cli.model_flags import ARCH_DEFAULTS
+
+RESUME_SAFE_KEYS = ("epochs_num", "num_workers", "device", "infer_batch_size", "save_dir", "resume",  # may change
+                    "patience", "datasets_folder", "skip_corrupt", "log_level", "init_from", "precision_requested")
 
 CHECKPOINT_KEYS = ("model_state_dict", "args")
 LAST, BEST = "last_model.pth", "best_model.pth"
@@ -158,15 +163,30 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(text), durable=True)
 
 
+LOGGED_PACKAGES = ("torch", "torchvision", "numpy", "faiss-cpu", "Pillow", "scikit-learn")  # results depend on them
+
+
+def library_versions() -> dict[str, str]:
+    """Python's and the installed versions of the packages a run's numbers depend on (exact resume needs the same)."""
+    versions = {"python": platform.python_version()}
+    for name in LOGGED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
 def log_args(args: Any, folder: Path) -> None:
-    """Log the arguments and store them as args.json in the run folder."""
+    """Log the arguments and the library versions (info.log), and store the arguments as args.json."""
     logging.info("arguments: " + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items())))
+    logging.info("versions: " + ", ".join(f"{k} {v}" for k, v in library_versions().items()))
     write_json(folder / "args.json", vars(args))
 
 
 def arch_summary(args: dict) -> str:
     """One-line description of the architecture stored in args."""
-    return ", ".join(f"{k}={args.get(k)}" for k in ARCH_KEYS)
+    return ", ".join(f"{k}={args.get(k)}" for k in ARCH_DEFAULTS)
 
 
 def check_finite_radii(**radii: float | Sequence[float] | None) -> None:
@@ -201,12 +221,13 @@ def flags_command(launcher: str, args: dict, defaults: dict, **changes: Any) -> 
     return f"{launcher} {shlex.join(tokens)}"
 
 
-def train_stop_hint(folder: Path, args: Any, argv: list[str],
-                    world_size: int | None) -> Callable[[BaseException], str]:
+def train_stop_hint(folder: Path, args: Any, argv: list[str], world_size: int | None,
+                    defaults: dict) -> Callable[[BaseException], str]:
     """The second line of every early stop of train.py (error, Ctrl-C, SIGTERM, non-finite loss): the run folder
     and the exact command that continues the run, or, when there is nothing to continue, what to run instead.
 
-    argv: the arguments this process was started with; world_size: the number of processes under torchrun.
+    argv: the arguments this process was started with; world_size: the number of processes under torchrun;
+    defaults: train.py's defaults (flags equal to them are left out of the suggested command).
     """
     launcher = f"torchrun --nproc_per_node {world_size} train.py" if world_size else "python train.py"
     command, last = f"{launcher} {shlex.join(argv)}", folder / LAST
@@ -214,7 +235,7 @@ def train_stop_hint(folder: Path, args: Any, argv: list[str],
     def hint(exc: BaseException) -> str:
         where = f"run folder: {folder}; "
         if isinstance(exc, NonFiniteError):
-            lower = flags_command(launcher, vars(args), vars(train_parser().parse_args([])), resume=None,
+            lower = flags_command(launcher, vars(args), defaults, resume=None,
                                   lr=f"{args.lr / 10:g}", init_from=str(last) if last.is_file() else args.init_from)
             kept = f"{last} holds the last good weights; " if last.is_file() else "no checkpoint was written; "
             return f"{where}{kept}resuming would repeat the same steps; start anew with a lower --lr: {lower}"

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from indexing import CHUNK_ROWS, DescriptorWriter, build_index, open_descriptors  # first: sets faiss's OpenMP policy
+# retrieval.indexing first: it sets faiss's OpenMP policy
+from retrieval.indexing import CHUNK_ROWS, DescriptorWriter, build_index, open_descriptors
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from atomic_files import atomic_write
+from runs.atomic_files import atomic_write
 from commons import UserError  # noqa: E402
 from datasets_ws import drop_unreadable, list_images  # noqa: E402
 from localization.geo import Positions, positions_of  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 
 from localization.index import DatabaseIndex
 from localization.predict import Predictions
-from visualize import load_thumbnail, prediction_picture, pyplot, save_figure
+from runs.visualize import load_thumbnail, prediction_picture, pyplot, save_figure
 
 PICTURE_HEIGHT = 160  # px of each image in a prediction picture (as eval.py)
 

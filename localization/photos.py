@@ -1,7 +1,7 @@
 """The photos to localize (files and folders given on the command line) and the encoding of image files.
 
 `Encoder` turns any list of image paths into descriptors, chunk by chunk, through the project's one test loop
-(`evaluation.extract_features`) and the images.py loading of the datasets (same decoding and resize as eval.py),
+(`evaluation.extract_features`) and the dataio/images.py loading of the datasets (same decoding and resize as eval.py),
 and counts the images it encoded.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch.utils.data as data
 from tqdm import tqdm
 
 from datasets_ws import list_images
-from evaluation import extract_features
-from images import build_resize, image_problem, open_image
+from retrieval.evaluation import extract_features
+from dataio.images import build_resize, image_problem, open_image
 
 CHUNK_IMAGES = 4096  # images encoded per extract_features call: bounds the float32 descriptors held in memory
 

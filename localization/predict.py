@@ -10,7 +10,7 @@ import numpy as np
 
 from commons import UserError
 from datasets_ws import utms_of
-from indexing import search
+from retrieval.indexing import search
 from localization.confidence import confidences
 from localization.geo import Positions
 from localization.index import DatabaseIndex

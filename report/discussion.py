@@ -2,7 +2,7 @@
 measured numbers (or saying 'missing' where the study has none)."""
 from __future__ import annotations
 
-from collect_results import RECALLS
+from tools.collect_results import RECALLS
 
 from .folder import Experiment, Study
 from .markup import MISSING, bullets, code, esc

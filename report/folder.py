@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import collect_results
+from tools import collect_results
 from commons import UserError
 
 NOT_METRICS = ("run", "seeds", "runs")

@@ -89,7 +89,7 @@ def load_queries(source: Source, resize: tuple[int, int]) -> torch.Tensor:
 def baseline_heatmaps(source: Source, path: Path, device: str = "cpu") -> Path:
     """The heatmap figure of the queries of source (right ones first, then wrong ones)."""
     from eval import load_trained_model
-    from images import to_input
+    from dataio.images import to_input
     model = load_trained_model(str(source.checkpoint), device, "fp32").eval()
     resize = tuple(source.args.get("test_resize") or source.args.get("resize") or (480, 640))
     images = load_queries(source, resize)  # B×3×H×W uint8

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from collect_results import RECALLS
+from tools.collect_results import RECALLS
 
 from .folder import Table
 from .tables import layout_of, row_cells

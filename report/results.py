@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from collect_results import RECALLS
+from tools.collect_results import RECALLS
 
 from .folder import Experiment, Study, Table
 from .heatmaps import Source, baseline_heatmaps, find_source

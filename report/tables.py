@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from collect_results import LATEX_ESCAPES, RECALLS
+from tools.collect_results import LATEX_ESCAPES, RECALLS
 
 from .folder import Table
 from .markup import breakable, string, table

@@ -56,7 +56,7 @@ def analyze_datasets(ctx: Context) -> None:
         if (out / "summary.json").is_file():
             continue
         logging.info(f"analyzing dataset {name} into {out}")
-        done = call([sys.executable, "analyze_dataset.py", "--datasets_folder", str(ctx.datasets_folder),
+        done = call([sys.executable, "-m", "tools.analyze_dataset", "--datasets_folder", str(ctx.datasets_folder),
                      "--dataset_name", name, "--out", str(out)], ctx.study / "logs" / "analysis" / f"{name}.log")
         ctx.status.add_step(f"analysis/{name}", done)
 
@@ -94,7 +94,7 @@ def summarize(ctx: Context, names: list[str]) -> None:
             continue
         if out.is_dir():
             shutil.rmtree(out)  # rebuilt from the run folders: no stale table or plot stays
-        done = call([sys.executable, "collect_results.py", *map(str, roots), "--out", str(out)],
+        done = call([sys.executable, "-m", "tools.collect_results", *map(str, roots), "--out", str(out)],
                     ctx.study / "logs" / "summary" / f"{exp['name']}.log")
         ctx.status.add_step(f"summary/{exp['name']}", done)
 

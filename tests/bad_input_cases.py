@@ -16,8 +16,8 @@ from typing import Callable
 
 import pytest
 import torch
-from PIL import Image
 
+from helpers import write_image
 from conftest import tiny_train_flags
 from network import GeoLocalizationNet
 from parser import parse_train_args
@@ -30,18 +30,13 @@ WORLD_SIZES = ["--map_size", "512"] + [f for s in ("train", "val", "test") for f
 
 # ------------------------------------------------------------------------------------------------ inputs
 
-def write_image(path: Path, size: tuple[int, int] = (32, 32)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, 128).save(path)
-
-
 def mini_dataset(e: SimpleNamespace) -> Path:
     """e.data/mini with train/val/test: 2 database images 100 m apart and 1 query 1 m from the first."""
     for split in ("train", "val", "test"):
         base = e.data / "mini" / "images" / split
-        write_image(base / "database" / "@500000.00@4400000.00@.jpg")
-        write_image(base / "database" / "@500100.00@4400000.00@.png")
-        write_image(base / "queries" / "@500001.00@4400000.00@.jpg")
+        write_image(base / "database" / "@500000.00@4400000.00@.jpg", size=32)
+        write_image(base / "database" / "@500100.00@4400000.00@.png", size=32)
+        write_image(base / "queries" / "@500001.00@4400000.00@.jpg", size=32)
     return e.data
 
 
@@ -212,11 +207,11 @@ CASES = {
     "train: no queries folder": Case("train", TM(), "has no queries folder",
                                      layout(lambda im: shutil.rmtree(im / "train/queries"))),
     "train: name without UTM": Case("train", TM(), "IMG_0001.jpg; names must look like",
-                                    layout(lambda im: write_image(im / "train/database/IMG_0001.jpg"))),
+                                    layout(lambda im: write_image(im / "train/database/IMG_0001.jpg", size=32))),
     "train: non-numeric UTM": Case("train", TM(), "@abc@4400000@.jpg; names must look like",
-                                   layout(lambda im: write_image(im / "train/queries/@abc@4400000@.jpg"))),
+                                   layout(lambda im: write_image(im / "train/queries/@abc@4400000@.jpg", size=32))),
     "train: NaN UTM": Case("train", TM(), "@nan@4400000@.jpg; names must look like",
-                           layout(lambda im: write_image(im / "val/queries/@nan@4400000@.jpg"))),
+                           layout(lambda im: write_image(im / "val/queries/@nan@4400000@.jpg", size=32))),
     "train: truncated image": Case("train", TM(), "1 corrupt or unreadable images",
                                    layout(lambda im: (im / "test/queries/@500001.00@4400000.00@.jpg").write_bytes(
                                        b"\xff\xd8\xff\xe0 cut"))),
@@ -286,7 +281,7 @@ CASES = {
     "world: out is a file": Case("world", W(), "choose another --out",
                                  lambda e, mp: (e.tmp / "worlds").write_text("")),
     "world: exists": Case("world", W(), "pass --overwrite",
-                          lambda e, mp: write_image(e.tmp / "worlds/synthetic/images/x.jpg")),
+                          lambda e, mp: write_image(e.tmp / "worlds/synthetic/images/x.jpg", size=32)),
     "world: disk full": Case("world", W(), "(No space left on device); free disk space",
                              lambda e, mp: fill_disk(mp, ".jpg")),
     "benchmark: fp16 on a CPU": Case("benchmark", B("--device", "cpu", "--precisions", "fp16"), "needs CUDA"),

@@ -5,7 +5,8 @@ import logging
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, tiny_train_flags  # noqa: F401 (re-exported: tests import them from conftest)
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -41,12 +42,3 @@ def e2e_world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("e2e_world")
     generate_world(root, seed=1, image_size=32, sizes=E2E_SIZES)
     return root
-
-
-def tiny_train_flags(world: Path, save_dir: str) -> list[str]:
-    """train.py flags for a quick run on tiny_world (seconds on 2 cores)."""
-    return ["--datasets_folder", str(world), "--dataset_name", "synthetic", "--resize", "32", "32",
-            "--pretrain", "none", "--lr", "1e-3", "--train_batch_size", "4", "--negs_num_per_query", "3",
-            "--neg_samples_num", "40", "--cache_refresh_rate", "20", "--queries_per_epoch", "40",
-            "--epochs_num", "2", "--infer_batch_size", "32", "--num_workers", "0", "--device", "cpu",
-            "--save_dir", save_dir]

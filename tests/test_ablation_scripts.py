@@ -33,6 +33,7 @@ ARGV_STUB = ("import json, os, sys\n"
 
 def run_script(name: str, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k not in ("QUICK", "SEEDS", "STUDY", "DATASETS_FOLDER")}
+    full_env["PYTHON"] = sys.executable  # the test's interpreter, whether or not .venv exists
     return subprocess.run(["bash", str(ROOT / "ablations" / f"{name}.sh"), *args], cwd=cwd, env={**full_env, **env},
                           capture_output=True, text=True)
 

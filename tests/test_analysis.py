@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import analyze_dataset as ad
+from tools import analyze_dataset as ad
 from commons import UserError, run_cli
 
 SPLITS = ("train", "val", "test")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from augmentations import build_augmentation
+from training.augmentations import build_augmentation
 from commons import UserError
 from datasets_ws import TripletsDataset
 from parser import parse_train_args, train_parser

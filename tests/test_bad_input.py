@@ -16,13 +16,13 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-import analyze_dataset
-import benchmark
-import collect_results
+from tools import analyze_dataset
+from tools import benchmark
+from tools import collect_results
 import eval as eval_cli
 import train
 from bad_input_cases import CASES, make_checkpoints
-from commons import run_cli
+from helpers import cli_stop
 from conftest import ROOT
 from tools import synthetic_world
 
@@ -58,15 +58,11 @@ def test_bad_input(name: str, tiny_world: Path, checkpoints: dict, tmp_path: Pat
     monkeypatch.delenv("VG_MAX_IMAGE_PIXELS", raising=False)
     case.prepare(e, monkeypatch)
     argv, before = case.argv(e), files_below(tmp_path)
-    with pytest.raises(SystemExit) as exit_:
-        run_cli(MAINS[case.cli], argv)
-    monkeypatch.undo()
-    out = capsys.readouterr()
-    assert exit_.value.code == 2, out.err
-    assert "Traceback" not in out.out + out.err
-    lines = [line.split("\r")[-1].strip() for line in out.err.split("\n")]  # \r: progress bars, cleared at the end
-    lines = [line for line in lines if line]
-    assert 1 <= len(lines) <= 2 and lines[0].startswith("error: ") and case.expect in lines[0], out.err
+    try:
+        lines = cli_stop(MAINS[case.cli], argv, capsys)
+    finally:
+        monkeypatch.undo()
+    assert lines[0].startswith("error: ") and case.expect in lines[0], lines
     new = files_below(tmp_path) - before
     if case.leaves == "nothing":
         assert not new, f"left behind: {sorted(map(str, new))}"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import benchmark
-from benchmarks.limits import LimitSampler, figure, gemm_call, model_conv_calls
+from tools import benchmark
+from tools.benchmarks.limits import LimitSampler, figure, gemm_call, model_conv_calls
 from commons import UserError
 
 RATE_FIGURES = ("extract", "model", "train", "train_model")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train
-from atomic_files import atomic_save
+from runs.atomic_files import atomic_save
 from commons import Terminated, UserError
 from conftest import tiny_train_flags
 from network import build_model, load_model_state

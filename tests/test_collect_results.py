@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import collect_results
+from tools import collect_results
 from commons import UserError
 
 ROOT = Path("logs/abl")

@@ -9,15 +9,15 @@ import torch
 from PIL import Image
 
 from commons import UserError, setup_logging
-from dataset_files import UnreadableImagesError, find_duplicates, list_images, report_duplicates
+from dataio.dataset_files import UnreadableImagesError, find_duplicates, list_images, report_duplicates
+from helpers import write_image
 from datasets_ws import BaseDataset, TripletsDataset, parse_utm, radius_neighbors
-from images import PIXEL_LIMIT_ENV, image_problem, normalize
+from dataio.images import PIXEL_LIMIT_ENV, image_problem, normalize
 
 
-def write_image(path: Path, value: int = 128, size: int = 16) -> None:
-    """A small solid RGB image (format from the suffix)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), (value, value // 2, 255 - value)).save(path)
+def shade(value: int) -> tuple[int, int, int]:
+    """An RGB colour per value, so images of different values differ in bytes."""
+    return value, value // 2, 255 - value
 
 
 def make_dataset(root: Path, db: list[tuple[float, float]], queries: list[tuple[float, float]],
@@ -26,7 +26,7 @@ def make_dataset(root: Path, db: list[tuple[float, float]], queries: list[tuple[
     base = root / "toy" / "images" / split
     for kind, utms in ((db_folder, db), ("queries", queries)):
         for i, (e, n) in enumerate(utms):
-            write_image(base / kind / f"@{e:.2f}@{n:.2f}@{kind}@{i:03d}@.{ext}", value=10 * i)
+            write_image(base / kind / f"@{e:.2f}@{n:.2f}@{kind}@{i:03d}@.{ext}", colour=shade(10 * i))
     return root
 
 
@@ -157,7 +157,7 @@ def test_other_formats_are_read_and_other_files_counted(tmp_path: Path, caplog) 
     root = make_dataset(tmp_path, [(0.0, 0.0)], [(1.0, 0.0)], split="test")
     base = root / "toy/images/test/database"
     for i, ext in enumerate(("webp", "tif", "bmp")):
-        write_image(base / f"@{10.0 * (i + 1):.2f}@0.00@{ext}@.{ext}", value=40 * i)
+        write_image(base / f"@{10.0 * (i + 1):.2f}@0.00@{ext}@.{ext}", colour=shade(40 * i))
     (base / "notes.txt").write_text("x")
     (base / ".DS_Store").write_bytes(b"x")
     with caplog.at_level("INFO"):
@@ -182,11 +182,11 @@ def test_symbolic_links_are_followed_once(tmp_path: Path) -> None:
 
 def test_duplicates_are_reported(tmp_path: Path, caplog) -> None:
     folder = tmp_path / "db"
-    write_image(folder / "a" / "@0@0@x@.jpg", value=10)
-    write_image(folder / "b" / "@0@0@x@.jpg", value=200)  # same name, other bytes
-    write_image(folder / "@1@0@y@.jpg", value=50)
+    write_image(folder / "a" / "@0@0@x@.jpg", colour=shade(10))
+    write_image(folder / "b" / "@0@0@x@.jpg", colour=shade(200))  # same name, other bytes
+    write_image(folder / "@1@0@y@.jpg", colour=shade(50))
     (folder / "@2@0@z@.jpg").write_bytes((folder / "@1@0@y@.jpg").read_bytes())  # same bytes, other name
-    write_image(folder / "@3@0@w@.jpg", value=90)
+    write_image(folder / "@3@0@w@.jpg", colour=shade(90))
     paths = list_images(folder)
     found = find_duplicates(paths)
     assert [sorted(p.relative_to(folder).as_posix() for p in g) for g in found["same file name in two folders"]] == \

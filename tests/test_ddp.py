@@ -69,8 +69,8 @@ def _sync_bn_errors(batch: int) -> dict[str, float]:
     import torch
     from torch import nn
 
-    import distributed
-    from losses import build_criterion
+    from training import distributed
+    from training.losses import build_criterion
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                         nn.Conv2d(8, 8, 3, stride=2, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
@@ -100,7 +100,7 @@ def _worker(world: Path, out: Path) -> None:
     """torchrun entry: DDP training on every rank, then primitive checks; rank 0 writes checks.json."""
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    import distributed
+    from training import distributed
     import train
     train.main(train_flags(world, "ddp"))  # joins the process group, left open until exit
     rows = {0: np.arange(12, dtype=np.float32).reshape(3, 4), 1: np.zeros((0, 0), np.float32)}

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import backbones
-import external_weights
-from aggregations import build_aggregation
-from aggregations_extra import pool_with_l2
-from cct import CCTFeatures
+from model import backbones
+from model import external_weights
+from model.aggregations import build_aggregation
+from model.aggregations_dvgl import pool_with_l2
+from model.cct import CCTFeatures
 from commons import UserError
-from mining import msls_query_weights
+from training.mining import msls_query_weights
 from network import GeoLocalizationNet
 
 PLACES_FILE = "data/pretrained_nets/resnet18_places.pth"

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import eval as eval_cli
-import evaluation
+from retrieval import evaluation
 import train
 from commons import make_deterministic
 from datasets_ws import BaseDataset, TripletsDataset

@@ -1,4 +1,4 @@
-"""Tests of evaluation.py: recall@N on hand-made cases, feature extraction order, the full test loop."""
+"""Tests of retrieval/evaluation.py: recall@N on hand-made cases, feature extraction order, the full test loop."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
+from helpers import write_image
 from datasets_ws import BaseDataset, radius_neighbors
-import evaluation
-from evaluation import evaluate_descriptors, extract_features, hits_matrix, recalls_from_hits
-from images import normalize
+from retrieval import evaluation
+from retrieval.evaluation import evaluate_descriptors, extract_features, hits_matrix, recalls_from_hits
+from dataio.images import normalize
 
 # Database on a line every 100 m; query 2 is 700 m from everything (no positive: always a failure).
 DB_UTMS = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0], [300.0, 0.0]])
@@ -72,19 +72,14 @@ class MeanColour(nn.Module):
         return x.mean(dim=(2, 3)) + 0 * self.dummy
 
 
-def write_image(path: Path, colour: tuple[int, int, int]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), colour).save(path)
-
-
 def test_full_test_loop_on_images(tmp_path: Path) -> None:
     base = tmp_path / "toy" / "images" / "test"
     colours = [(200, 0, 0), (0, 200, 0), (0, 0, 200)]
     for i, (utm, c) in enumerate(zip(DB_UTMS[:3], colours)):
-        write_image(base / "database" / f"@{utm[0]}@{utm[1]}@{i}@.jpg", c)
+        write_image(base / "database" / f"@{utm[0]}@{utm[1]}@{i}@.jpg", 8, c)
     # query 0 looks like db 0 and is there (hit); query 1 looks like db 1 but stands at db 2 (miss at R@1)
-    write_image(base / "queries" / "@1.0@0.0@0@.jpg", (190, 10, 0))  # names sort as the query order
-    write_image(base / "queries" / "@201.0@0.0@1@.jpg", (10, 190, 0))
+    write_image(base / "queries" / "@1.0@0.0@0@.jpg", 8, (190, 10, 0))  # names sort as the query order
+    write_image(base / "queries" / "@201.0@0.0@1@.jpg", 8, (10, 190, 0))
     ds = BaseDataset(tmp_path, "toy", "test", resize=(8, 8))
     np.testing.assert_allclose(ds.queries_utms, [[1.0, 0.0], [201.0, 0.0]])
     result = evaluation.test(MeanColour(), ds, [1, 3], batch_size=2, num_workers=0, device="cpu")

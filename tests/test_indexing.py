@@ -1,22 +1,29 @@
-"""Tests of indexing.py (faiss index kinds, search, descriptor storage) and the scale benchmark CLI."""
+"""Tests of retrieval/indexing.py (faiss index kinds, search, descriptor storage) and the scale benchmark CLI."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss loads OpenMP (see indexing.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss loads OpenMP (see retrieval/indexing.py)
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from benchmarks import scale_benchmark  # noqa: E402
+from tools.benchmarks import scale_benchmark  # noqa: E402
 from commons import UserError  # noqa: E402
-from indexing import (INDEX_KINDS, DescriptorWriter, build_index, default_params, open_descriptors,  # noqa: E402
-                      save_descriptors, search)
+from retrieval.indexing import (INDEX_KINDS, DescriptorWriter, build_index, default_params, open_descriptors,  # noqa: E402
+                      search)
 
 faiss.omp_set_num_threads(2)
+
+
+def save_descriptors(path: Path, array: np.ndarray, dtype: str = "float16") -> None:
+    """Write array N×D through DescriptorWriter in chunks of 300 rows, as localize.py's index does."""
+    with DescriptorWriter(path, array.shape[0], array.shape[1], dtype) as writer:
+        for start in range(0, len(array), 300):
+            writer.write(array[start:start + 300])
 
 
 def brute_force_knn(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Tests for losses.py: reference values, registry, non-negativity, gradients, descent."""
+"""Tests for training/losses.py: reference values, registry, non-negativity, gradients, descent."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import losses
+from training import losses
 from commons import UserError
-from losses import (CRITERIA, build_criterion, contrastive, multi_similarity, sare_ind, sare_joint,
+from training.losses import (CRITERIA, build_criterion, contrastive, multi_similarity, sare_ind, sare_joint,
                     triplet_loss)
 
 ALL_NAMES = ["triplet", "sare_ind", "sare_joint", "contrastive", "multi_similarity"]
@@ -149,8 +149,8 @@ def test_multi_similarity_is_scale_invariant() -> None:
 
 # ---------------------------------------------------------------- registry
 
-def test_registry_names() -> None:
-    assert sorted(CRITERIA) == sorted(ALL_NAMES)
+def test_the_losses_with_reference_tests_are_registered() -> None:
+    assert set(ALL_NAMES) <= set(CRITERIA)  # a new loss needs no edit here: the generic tests below take it
 
 
 def test_build_criterion_binds_margin() -> None:
@@ -183,7 +183,7 @@ def test_bad_shapes_rejected() -> None:
 
 # ---------------------------------------------------------------- generic properties
 
-@pytest.mark.parametrize("name", ALL_NAMES)
+@pytest.mark.parametrize("name", sorted(CRITERIA))
 def test_scalar_nonnegative_finite_gradients(name: str) -> None:
     crit = build_criterion(name, margin=0.5)
     q, p, n = (t.clone().requires_grad_(True) for t in random_batch(k=3, seed=11))
@@ -195,7 +195,7 @@ def test_scalar_nonnegative_finite_gradients(name: str) -> None:
     assert any(t.grad.abs().sum() > 0 for t in (q, p, n))
 
 
-@pytest.mark.parametrize("name", ALL_NAMES)
+@pytest.mark.parametrize("name", sorted(CRITERIA))
 def test_gradient_steps_decrease_loss(name: str) -> None:
     crit = build_criterion(name, margin=0.5)
     g = torch.Generator().manual_seed(12)
@@ -214,7 +214,7 @@ def test_gradient_steps_decrease_loss(name: str) -> None:
     assert current().item() < first
 
 
-@pytest.mark.parametrize("name", ALL_NAMES)
+@pytest.mark.parametrize("name", sorted(CRITERIA))
 def test_identical_queries_and_positives_give_finite_gradients(name: str) -> None:
     """Zero q-p (and q-n) distances must not produce NaN gradients."""
     q, _, _ = random_batch(k=2, seed=13)

@@ -1,4 +1,4 @@
-"""Tests of mining.py against brute-force per-query references, with stub descriptors on tiny_world."""
+"""Tests of training/mining.py against brute-force per-query references, with stub descriptors on tiny_world."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from datasets_ws import TripletsDataset
-from evaluation import extract_features
-from mining import MINERS, MiningContext, pad_ragged
+from retrieval.evaluation import extract_features
+from training.mining import MINERS, MiningContext, pad_ragged
 from network import build_model
 
 K = 4

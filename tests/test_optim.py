@@ -10,7 +10,7 @@ import torch
 
 import train
 from commons import UserError
-from optim import build_optimizer, lr_factor, set_lr
+from training.optim import build_optimizer, lr_factor, set_lr
 from parser import parse_train_args, train_parser
 
 

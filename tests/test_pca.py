@@ -8,7 +8,7 @@ import torch
 import eval as eval_cli
 from commons import UserError
 from network import build_model
-from pca import PCA, PCAHead, fit_pca
+from retrieval.pca import PCA, PCAHead, fit_pca
 from util import save_checkpoint
 
 

@@ -12,13 +12,13 @@ from PIL import Image
 
 import commons
 import eval as eval_cli
-import evaluation
+from retrieval import evaluation
 import train
 from commons import autocast, prepare_model
-from images import to_input
+from dataio.images import to_input
 from conftest import tiny_train_flags
-from images import build_resize, normalize, open_image
-from aggregations import AGGREGATIONS
+from dataio.images import build_resize, normalize, open_image
+from model.aggregations import AGGREGATIONS
 from network import GeoLocalizationNet
 from tools.synthetic_world import make_map, to_uint8
 
@@ -93,7 +93,7 @@ def test_precision_reaches_training_and_evaluation_and_bf16_keeps_recall(tiny_wo
         monkeypatch.setattr(module, "autocast", spy)
     small = ["--queries_per_epoch", "8", "--cache_refresh_rate", "8", "--epochs_num", "1", "--log_level", "warning"]
     trained = train.main(tiny_train_flags(tiny_world, "precision") + small + ["--precision", "bf16"])
-    assert {("train", "bf16"), ("evaluation", "bf16")} <= set(seen)
+    assert {("train", "bf16"), ("retrieval.evaluation", "bf16")} <= set(seen)
     assert all(p == "bf16" for _, p in seen)
     seen.clear()
     fp32 = eval_cli.main(["--resume", trained["test"]["checkpoint"], "--datasets_folder", str(tiny_world),
@@ -129,7 +129,7 @@ def test_draft_leaves_png_alone(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("n_db", [40, 400])  # candidates a large share of the database (matmul) or not (gather)
 def test_mining_distances_equal_the_definition(n_db: int) -> None:
-    from mining import DENSE_FACTOR, gathered_distances
+    from training.mining import DENSE_FACTOR, gathered_distances
     g = torch.Generator().manual_seed(0)
     q, db = torch.randn(7, 16, generator=g), torch.randn(n_db, 16, generator=g)
     cand = np.random.default_rng(0).integers(-1, n_db, (7, 20))

@@ -13,11 +13,11 @@ from PIL import Image
 import eval as eval_script
 from commons import UserError
 from conftest import tiny_train_flags
-from evaluation import recalls_by_threshold
+from retrieval.evaluation import recalls_by_threshold
 from network import build_model
 from parser import parse_eval_args, parse_train_args
 from util import save_checkpoint
-from visualize import CORRECT, WRONG, prediction_picture
+from runs.visualize import CORRECT, WRONG, prediction_picture
 
 RADII = ("5", "10", "25", "50")
 

@@ -34,8 +34,9 @@ SKIPS = [  # (pattern of the command, reason); the first match decides
     (r"\b(CKPT|DIR)\b", "placeholders (CKPT, DIR) for your checkpoint and folders"),
     (r"pitts30k|st_lucia|\$DATASETS_FOLDER|/path/to/|/data/", "needs a real dataset (Pitts30k, St Lucia)"),
     (r"\.\.\.", "elided flags (...): a pattern to complete, not a command"),
-    (r"^python benchmark\.py --quick", "the same command (in-process) is tests/test_benchmark.py's first test"),
-    (r"^python benchmark\.py", "the full benchmark takes about an hour"),
+    (r"^python (-m tools\.)?benchmark(\.py)? --quick", "the same command (in-process) is tests/test_benchmark.py's "
+                                                      "first test"),
+    (r"^python (-m tools\.)?benchmark(\.py)?", "the full benchmark takes about an hour"),
     (r"docs/images", "rewrites the README's pictures in docs/images"),
     (r"<(?!save_dir>|run>)[a-z_]+>", "a placeholder without a tiny counterpart"),
 ]
@@ -100,7 +101,7 @@ def test_every_command_is_run_or_skipped_for_a_reason() -> None:
     skipped = [(n, skip_reason(c), c.splitlines()[0][:80]) for n, c in COMMANDS if skip_reason(c)]
     print("\n".join(f"README.md:{n}: skipped ({reason}): {c}" for n, reason, c in skipped))
     assert len(COMMANDS) >= 20 and len(runnable) >= 8
-    assert any("collect_results.py" in c for c in runnable) and any("--resume" in c for c in runnable)
+    assert any("tools.collect_results" in c for c in runnable) and any("--resume" in c for c in runnable)
     for old in TINY:  # the mapping stays tied to the README: every entry is used by a command that runs
         assert any(old in re.sub(r"[ \t]+", " ", c) for c in runnable), old
 

@@ -20,7 +20,7 @@ import torch
 
 import train
 import util
-from atomic_files import atomic_save, file_mode
+from runs.atomic_files import atomic_save, file_mode
 from commons import UserError, run_cli
 from conftest import ROOT, tiny_train_flags
 

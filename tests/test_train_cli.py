@@ -4,6 +4,7 @@ tests/test_bad_input.py."""
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import tempfile
 from pathlib import Path
@@ -13,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-import atomic_files
+from runs import atomic_files
 import eval as eval_cli
 import train
-from atomic_files import atomic_save
-from commons import run_cli
+from runs.atomic_files import atomic_save
+from helpers import cli_stop as stop
 from conftest import tiny_train_flags
 from network import build_model
 from parser import parse_train_args
@@ -31,17 +32,6 @@ ONE_REFRESH, TWO_REFRESHES = REFRESHES + ["--queries_per_epoch", "10"], REFRESHE
 def in_tmp_dir(tmp_path: Path, monkeypatch):
     """Runs write logs/ into a temporary CWD."""
     monkeypatch.chdir(tmp_path)
-
-
-def stop(main, argv: list[str], capsys, code: int = 2) -> list[str]:
-    """Run main through commons.run_cli; it must stop with `code`, without a traceback, in at most two lines."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_cli(main, argv)
-    out = capsys.readouterr()
-    lines = [ln for ln in (line.split("\r")[-1].strip() for line in out.err.split("\n")) if ln]
-    assert e.value.code == code and "Traceback" not in out.err + out.out and 1 <= len(lines) <= 2, out.err
-    return lines
 
 
 def only_run_folder(save_dir: str) -> Path:
@@ -72,7 +62,9 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tiny
                      f"the first cache refresh), nothing to resume; start again with: python train.py "
                      f"{shlex.join(argv)}"]
     assert not list(folder.glob("*.pth")) and not list(folder.glob(".*"))
-    assert f"run folder: {folder}" in (folder / "info.log").read_text()  # announced at start-up
+    info = (folder / "info.log").read_text()
+    assert f"run folder: {folder}" in info  # announced at start-up
+    assert f"versions: python {platform.python_version()}, torch {torch.__version__.split('+')[0]}" in info  # resume
 
 
 def test_ctrl_c_after_a_checkpoint_gives_the_command_that_continues(tiny_world, monkeypatch, capsys) -> None:

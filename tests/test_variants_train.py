@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-import backbones
+from model import backbones
 import train
 from commons import UserError
 from conftest import tiny_train_flags
-from images import to_input
-from losses import build_criterion
-from mining import MINERS, MiningContext
+from dataio.images import to_input
+from training.losses import build_criterion
+from training.mining import MINERS, MiningContext
 from network import build_model
 from parser import parse_train_args
 from util import save_checkpoint

@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     world = out / "world"
     bench_precs = ["fp32", "fp16", "bf16"] if a.device == "cuda" else ["fp32"]
-    bench = Step("benchmark_quick", ["benchmark.py", "--quick", "--device", a.device, "--precisions", *bench_precs,
-                                     "--out", str(out / "bench_quick.json")])
+    bench = Step("benchmark_quick", ["-m", "tools.benchmark", "--quick", "--device", a.device, "--precisions",
+                                     *bench_precs, "--out", str(out / "bench_quick.json")])
     steps = [*([] if a.skip_benchmark else [(bench, None)]),
              (Step("world", ["-m", "tools.synthetic_world", "--out", str(world), *WORLD]), None),
              *train_steps(a, world, out)]

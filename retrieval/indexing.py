@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 # faiss's OpenMP threads busy-wait between parallel regions by default; on a shared, oversubscribed CPU that
-# made IVF-PQ training 20x slower (2 threads: 42 s instead of 1.8 s). Takes effect only if faiss is not yet
-# imported; an explicit user setting wins.
+# slows IVF-PQ training many times over. Takes effect only if faiss is not yet imported; an explicit user setting
+# wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import faiss  # noqa: E402
 import numpy as np
@@ -100,7 +100,7 @@ def _make_ivfpq(database: np.ndarray, p: dict[str, Any]) -> faiss.Index:
         ivf.do_polysemous_training = False  # minutes of training for a code ordering nobody uses here
     # Coarse k-means (big BLAS products) on all threads; then the PQ / refine training, thousands of tiny
     # k-means steps, on one thread: with several threads on a busy CPU each step waits for a descheduled
-    # thread (measured 17 s instead of 0.3 s for 20k x 64).
+    # thread.
     faiss.Clustering(d, int(p["nlist"]), ivf.cp).train(train, ivf.quantizer)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
@@ -192,14 +192,6 @@ def index_nbytes(index: faiss.Index) -> int:
     faiss.write_index(index, writer)
     del writer
     return total
-
-
-def save_descriptors(path: str | Path, array: np.ndarray, dtype: str = "float16") -> None:
-    """Write array (N x D) to path as .npy in dtype ("float16" or "float32"), converting chunk by chunk."""
-    array = _check_matrix(array, "descriptors")
-    with DescriptorWriter(path, array.shape[0], array.shape[1], dtype) as writer:
-        for start in range(0, array.shape[0], CHUNK_ROWS):
-            writer.write(array[start:start + CHUNK_ROWS])
 
 
 def open_descriptors(path: str | Path, mmap: bool = True) -> np.ndarray:

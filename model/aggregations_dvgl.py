@@ -1,7 +1,7 @@
-"""Aggregations of the VG benchmark (dVGL) beyond aggregations.py: RRM and SeqPool, and dVGL's `--l2` placement for
-the shallow poolings (mac, spoc, gem, rmac).
+"""Aggregations of the VG benchmark (dVGL) beyond model/aggregations.py: RRM and SeqPool, and dVGL's `--l2`
+placement for the shallow poolings (mac, spoc, gem, rmac).
 
-As in aggregations.py, plain functions hold the math and thin nn.Module wrappers are registered in
+As in model/aggregations.py, plain functions hold the math and thin nn.Module wrappers are registered in
 `aggregations.AGGREGATIONS`; importing this module registers them (network.py and parser.py do).
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aggregations import MAC, RMAC, Aggregation, GeM, SPoC, gem, l2n, mac, register_aggregation, rmac_regions, spoc
+from model.aggregations import (MAC, RMAC, Aggregation, GeM, SPoC, gem, l2n, mac, register_aggregation, rmac_regions,
+                                spoc)
 
 L2_MODES = ("before_pool", "after_pool", "none")  # dVGL's --l2 choices; this toolkit's default is after_pool
 SHALLOW_AGGREGATIONS = ("mac", "spoc", "gem", "rmac")  # the aggregations --l2 applies to (as in dVGL)

@@ -2,24 +2,23 @@
 
 Add a backbone with one function decorated by @register_backbone(name) returning a Backbone. Builders take
 `pretrained`: False (random), True or "imagenet" (torchvision's ImageNet weights), or "places" / "gldv2" (files of the
-VG benchmark authors, see external_weights.py).
+VG benchmark authors, see model/external_weights.py).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
 from torch import nn
 
-import external_weights
-from cct import CCTFeatures, resample_grid
-from commons import UserError
+from model import external_weights
+from model.cct import CCTFeatures, resample_grid
+from commons import Registry, UserError
 
-BACKBONES: dict[str, Callable[..., "Backbone"]] = {}
+BACKBONES = Registry("backbone")  # builder(pretrained: bool | str, aggregation: str) -> Backbone (--backbone)
 INPUT_MULTIPLE: dict[str, int] = {}  # backbone -> input H and W must be multiples of this (ViT patch size)
 CLS_BACKBONES: set[str] = set()  # backbones that can deliver a CLS token (for --aggregation cls)
 TRANSFORMER_BACKBONES: set[str] = set()  # backbones with transformer blocks (for --trunc_te / --freeze_te)
@@ -40,7 +39,7 @@ def register_backbone(name: str, input_multiple: int = 1, cls_token: bool = Fals
     transformer: its net has a `blocks` sequence of transformer blocks (somewhere in it), for --trunc_te/--freeze_te.
     """
     def deco(fn):
-        BACKBONES[name] = fn
+        BACKBONES.register(name)(fn)
         INPUT_MULTIPLE[name] = input_multiple
         if cls_token:
             CLS_BACKBONES.add(name)
@@ -204,7 +203,7 @@ def vit(pretrained: bool, aggregation: str = "") -> Backbone:
 
 @register_backbone("cct384", input_multiple=16, transformer=True)
 def cct384(pretrained: bool, aggregation: str = "") -> Backbone:
-    """CCT-14/7x2 of cct.py: 384 channels at stride 16. ImageNet weights are the CCT authors' file
+    """CCT-14/7x2 of model/cct.py: 384 channels at stride 16. ImageNet weights are the CCT authors' file
     (external_weights.load_cct384_imagenet). When pretrained, the tokenizer, the position embedding and all but the
     last transformer block are frozen."""
     if pretrained in external_weights.PRETRAIN_SOURCES:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atomic_files import atomic_write
+from runs.atomic_files import atomic_write
 from commons import UserError
 
 WHITEN_EPS = 1e-9  # variances are clamped below at WHITEN_EPS · largest variance before whitening
@@ -110,7 +110,7 @@ def prepare_pca(model: nn.Module, args, folder: Path, device: str) -> tuple[nn.M
     Returns the wrapped model (moved to device) and a summary for results.json.
     """
     from datasets_ws import BaseDataset
-    from evaluation import extract_features
+    from retrieval.evaluation import extract_features
 
     if args.pca_file:
         pca, path = PCA.load(args.pca_file), Path(args.pca_file)

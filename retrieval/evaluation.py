@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from commons import autocast
-from images import to_input
-from indexing import build_index, search
+from dataio.images import to_input
+from retrieval.indexing import build_index, search
 
 
 @torch.no_grad()

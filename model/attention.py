@@ -4,24 +4,14 @@ Registry `ATTENTIONS` filled with `@register_attention(name)`; build with `build
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 from torch import nn
 
-from commons import UserError
+from commons import Registry, UserError
 
-ATTENTIONS: dict[str, type] = {}
-
-
-def register_attention(name: str) -> Callable[[type], type]:
-    """Class decorator: make the attention module available to `build_attention` under `name`."""
-    def deco(cls: type) -> type:
-        if name in ATTENTIONS:
-            raise ValueError(f"attention {name!r} registered twice")
-        ATTENTIONS[name] = cls
-        return cls
-    return deco
+ATTENTIONS = Registry("attention")  # nn.Module classes by name (--attention)
+register_attention = ATTENTIONS.register
 
 
 def channel_attention(x: torch.Tensor, mlp: nn.Module) -> torch.Tensor:

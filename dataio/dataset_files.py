@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from commons import UserError
-from images import OVERSIZE, image_problem, oversize_advice
+from dataio.images import OVERSIZE, image_problem, oversize_advice
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 MAX_LISTED = 20  # unreadable files named in the error message (all of them are in debug.log)

@@ -24,24 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from commons import UserError
+from commons import Registry, UserError
 
 Criterion = Callable[[Tensor, Tensor, Tensor], Tensor]
 
-CRITERIA: dict[str, Criterion] = {}
-"""Registered criteria by name, filled by :func:`register_criterion`."""
-
-
-def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
-    """Decorator registering a criterion ``fn(q, p, n, ...) -> scalar`` under ``name``."""
-
-    def decorator(fn: Criterion) -> Criterion:
-        if name in CRITERIA:
-            raise ValueError(f"criterion {name!r} is already registered")
-        CRITERIA[name] = fn
-        return fn
-
-    return decorator
+CRITERIA = Registry("criterion")  # fn(q, p, n, ...) -> scalar, by name (--criterion)
+register_criterion = CRITERIA.register
 
 
 def build_criterion(name: str, margin: float = 0.1) -> Criterion:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from atomic_files import atomic_write
+from runs.atomic_files import atomic_write
 
 RECALLS = (1, 5, 10)
 

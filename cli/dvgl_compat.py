@@ -74,7 +74,7 @@ def add_common_flags(p: argparse.ArgumentParser, pca_folder: bool = False) -> No
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     """dVGL's shared-parser flags that train.py accepts: --test_method (hard_resize only) and --lr_crn_net;
     the PCA and off-the-shelf flags are accepted and ignored, as by dVGL's train.py."""
-    from test_methods import TEST_METHODS
+    from retrieval.query_methods import TEST_METHODS
     g = p.add_argument_group("VG benchmark (dVGL) flags of eval.py, accepted by train.py")
     g.add_argument("--test_method", choices=list(TEST_METHODS), default="hard_resize",
                    help="the final test always uses hard_resize; other methods: eval.py --test_method")
@@ -129,7 +129,7 @@ def _check(cond: bool, msg: str) -> None:
 
 def validate_train(args: argparse.Namespace) -> None:
     """train.py checks of the dVGL flags (before anything is written)."""
-    import external_weights
+    from model import external_weights
     m = args.test_method
     _check(m == "hard_resize", f"train.py tests its best model with hard_resize; for --test_method {m}, evaluate it "
                                f"after training: eval.py --resume logs/{args.save_dir}/<run>/best_model.pth "
@@ -146,7 +146,7 @@ def validate_train(args: argparse.Namespace) -> None:
 
 def validate_architecture(arch: dict) -> None:
     """--trunc_te / --freeze_te checks on the effective architecture flags (train.py, and eval.py's fresh model)."""
-    from backbones import TRANSFORMER_BACKBONES
+    from model.backbones import TRANSFORMER_BACKBONES
     trunc, freeze = arch.get("trunc_te"), arch.get("freeze_te")
     _check(trunc is None or trunc >= 1, f"--trunc_te {trunc} would keep no transformer block (dVGL ignores 0); "
                                         f"omit --trunc_te to keep them all")
@@ -158,8 +158,8 @@ def validate_architecture(arch: dict) -> None:
 
 def validate_eval(args: argparse.Namespace) -> None:
     """eval.py checks of the dVGL flags: off-the-shelf and other-source weights exist, --pca_dataset_folder maps."""
-    import external_weights
-    from network import ARCH_DEFAULTS
+    from model import external_weights
+    from cli.model_flags import ARCH_DEFAULTS
     arch = {k: getattr(args, k, d) for k, d in ARCH_DEFAULTS.items()}
     if not args.resume:
         validate_architecture(arch)
@@ -182,8 +182,8 @@ def validate_eval(args: argparse.Namespace) -> None:
 
 def default_notes(script: str, args: argparse.Namespace, given: set[str], device: str) -> list[str]:
     """One line per default in effect that differs from dVGL's and was not set on the command line."""
-    from aggregations_extra import SHALLOW_AGGREGATIONS
-    from network import ARCH_DEFAULTS
+    from model.aggregations_dvgl import SHALLOW_AGGREGATIONS
+    from cli.model_flags import ARCH_DEFAULTS
     if script == "train" and args.resume:  # the flags are the stored run's
         return []
     fresh = not args.resume

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from benchmarks.limits import timed
+from tools.benchmarks.limits import timed
 from datasets_ws import radius_neighbors
-from indexing import build_index, search
-from mining import MiningContext, mine_full
+from retrieval.indexing import build_index, search
+from training.mining import MiningContext, mine_full
 
 SEARCH_K = 20
 SPACING_M = 30.0  # metres between the benchmark's database images: each query has exactly one positive

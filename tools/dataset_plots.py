@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from visualize import pyplot, save_figure
+from runs.visualize import pyplot, save_figure
 
 SPLIT_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 

@@ -8,10 +8,10 @@ from PIL import Image
 
 import eval as eval_cli
 from commons import UserError
-import evaluation
+from retrieval import evaluation
 from datasets_ws import BaseDataset
 from network import build_model
-from test_methods import (TEST_METHODS, Ensemble, MultiScale, central_crop, five_crops, hard_resize,
+from retrieval.query_methods import (TEST_METHODS, Ensemble, MultiScale, central_crop, five_crops, hard_resize,
                           majority_voting, merge_nearest, rescale, run_test_method)
 from util import save_checkpoint
 

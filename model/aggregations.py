@@ -9,26 +9,17 @@ import inspect
 import logging
 import math
 from functools import lru_cache
-from typing import Callable, ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from commons import UserError
+from commons import Registry, UserError
 
-AGGREGATIONS: dict[str, type] = {}
-
-
-def register_aggregation(name: str) -> Callable[[type], type]:
-    """Class decorator: make the aggregation available to `build_aggregation` under `name`."""
-    def deco(cls: type) -> type:
-        if name in AGGREGATIONS:
-            raise ValueError(f"aggregation {name!r} registered twice")
-        AGGREGATIONS[name] = cls
-        return cls
-    return deco
+AGGREGATIONS = Registry("aggregation")  # nn.Module classes by name (--aggregation)
+register_aggregation = AGGREGATIONS.register
 
 
 # ----------------------------------------------------------------------------------------- plain functions
@@ -297,15 +288,6 @@ class CRNNetVLAD(NetVLAD):
     def attention_parameters(self) -> list[nn.Parameter]:
         """The CRN parameters (for a separate learning rate)."""
         return list(self.crn.parameters())
-
-    def load_netvlad_state(self, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> None:
-        """Load a plain NetVLAD state dict (keys under `prefix`, e.g. "aggregation."); CRN keeps its init."""
-        own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        missing, unexpected = self.load_state_dict(own, strict=False)
-        bad_missing = [k for k in missing if not k.startswith("crn.")]
-        if bad_missing or unexpected:
-            raise UserError(f"checkpoint is not a NetVLAD state dict for this model: missing {bad_missing}, "
-                            f"unexpected {unexpected}")
 
 
 def build_aggregation(name: str, in_dim: int, **opts: object) -> nn.Module:

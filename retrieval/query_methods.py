@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils import data
 
 from commons import UserError
-from images import normalize, open_image
-from evaluation import EvalResult, evaluate_descriptors, extract_features, test
-from indexing import search
+from dataio.images import normalize, open_image
+from retrieval.evaluation import EvalResult, evaluate_descriptors, extract_features, test
+from retrieval.indexing import search
 
 VOTING_DEPTHS = (1, 5, 10)  # maj_voting: votes counted among each crop's top-1, top-5 and top-10
 

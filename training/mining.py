@@ -12,19 +12,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from evaluation import extract_features
+from commons import Registry
+from retrieval.evaluation import extract_features
 
-MINERS: dict[str, Callable[["MiningContext", np.ndarray], np.ndarray]] = {}
+MINERS = Registry("miner")  # fn(ctx: MiningContext, query_ids) -> triplets Q×(2+K), by name (--mining)
+register_miner = MINERS.register
 MAX_CHUNK_ELEMENTS = 1 << 26  # bound on the size of a query-chunk × database similarity block
 DENSE_FACTOR = 16  # a CPU matmul does >16× the multiply-adds per second of a row gather + dot product
-
-
-def register_miner(name: str):
-    """Decorator adding fn(ctx, query_ids) -> triplets to MINERS."""
-    def deco(fn):
-        MINERS[name] = fn
-        return fn
-    return deco
 
 
 @dataclass

@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss loads OpenMP; see indexing.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss loads OpenMP; see retrieval/indexing.py
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from indexing import INDEX_KINDS, build_index, default_params, index_nbytes, search  # noqa: E402
+from retrieval.indexing import INDEX_KINDS, build_index, default_params, index_nbytes, search  # noqa: E402
 
 TARGET_MS, TARGET_MB, TARGET_R1_LOSS = 2.0, 2048.0, 1.0  # at 1M: < 2 ms/query, < 2 GB, <= 1 point of R@1
 SEARCH_K = 5

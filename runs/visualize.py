@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from atomic_files import atomic_write
-from images import open_image
+from runs.atomic_files import atomic_write
+from dataio.images import open_image
 
 
 def pyplot():

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from commons import UserError, get_rng_state, set_rng_state
-from evaluation import EvalResult, evaluate_descriptors, extract_features
+from retrieval.evaluation import EvalResult, evaluate_descriptors, extract_features
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 BACKENDS = {"cuda": "nccl", "cpu": "gloo"}  # device → collective backend

@@ -5,24 +5,26 @@ from __future__ import annotations
 
 import argparse
 
-from dvgl_compat import backbone_name
+from cli.dvgl_compat import backbone_name
+
+ARCH_DEFAULTS = {"backbone": "resnet18conv4", "aggregation": "gem", "netvlad_clusters": 64,  # the one source of
+                 "fc_output_dim": None, "attention": "none", "l2": "after_pool", "trunc_te": None}  # the arch keys
 
 
 def add_arch_args(g: argparse._ActionsContainer, suppress: bool) -> None:
     """Architecture flags; with suppress (eval.py) they are absent unless given: the checkpoint's architecture, or
-    network.ARCH_DEFAULTS for a fresh model."""
-    import aggregations_extra  # noqa: F401  (registers rrm, seqpool)
-    from aggregations import AGGREGATIONS
-    from attention import ATTENTIONS
-    from backbones import BACKBONES
-    from network import ARCH_DEFAULTS
+    ARCH_DEFAULTS for a fresh model."""
+    from model import aggregations_dvgl  # noqa: F401  (registers rrm, seqpool)
+    from model.aggregations import AGGREGATIONS
+    from model.attention import ATTENTIONS
+    from model.backbones import BACKBONES
     d = {k: argparse.SUPPRESS if suppress else v for k, v in ARCH_DEFAULTS.items()}
     g.add_argument("--backbone", type=backbone_name, choices=sorted(BACKBONES), default=d["backbone"])
     g.add_argument("--aggregation", choices=sorted(AGGREGATIONS), default=d["aggregation"])
     g.add_argument("--netvlad_clusters", type=int, default=d["netvlad_clusters"])
     g.add_argument("--fc_output_dim", type=int, default=d["fc_output_dim"], help="optional linear projection + L2")
     g.add_argument("--attention", choices=sorted(ATTENTIONS), default=d["attention"])
-    g.add_argument("--l2", choices=list(aggregations_extra.L2_MODES), default=d["l2"],
+    g.add_argument("--l2", choices=list(aggregations_dvgl.L2_MODES), default=d["l2"],
                    help="mac/spoc/gem/rmac: L2 after pooling, of each local descriptor before it, or none (dVGL)")
     g.add_argument("--trunc_te", type=int, default=d["trunc_te"], metavar="N",
                    help="transformer backbones: keep only the first N blocks")
@@ -35,7 +37,7 @@ def add_pretrain_arg(g: argparse._ActionsContainer, off_the_shelf: bool = False)
                    default="imagenet", help="starting weights; places/gldv2: files of the VG benchmark authors in "
                                             "data/pretrained_nets/ (README: Coming from the VG benchmark)")
     if off_the_shelf:
-        from external_weights import OFF_THE_SHELF
+        from model.external_weights import OFF_THE_SHELF
         g.add_argument("--off_the_shelf", choices=OFF_THE_SHELF, default="imagenet",
                        help="without --resume: the weights of a landmark-retrieval network (dVGL)")
 

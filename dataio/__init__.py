@@ -1,0 +1,1 @@
+"""Reading images and dataset folders: decoding, resizing, checks of unreadable or duplicate files."""

@@ -1,0 +1,1 @@
+"""The network's parts: backbones, aggregation heads, attention layers and external weights."""

@@ -1,0 +1,1 @@
+"""What a run writes: atomic files, logs, results tables and pictures."""

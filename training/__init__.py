@@ -1,0 +1,1 @@
+"""Training: losses, negative miners, optimizers and schedules, augmentations, DDP."""
