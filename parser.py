@@ -66,7 +66,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, default=3, help="epochs without R@5 gain before stopping")
     g.add_argument("--mining", choices=sorted(MINERS), default="full")
     g.add_argument("--criterion", choices=sorted(CRITERIA), default="triplet")
-    g.add_argument("--margin", type=float, default=0.1)
+    g.add_argument("--margin", type=float, default=None,
+                   help="margin of triplet/contrastive; default: the loss's own (triplet 0.1 as dVGL, contrastive 0.5)")
+    g.add_argument("--criterion_args", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="other settings of the loss, e.g. alpha=2 beta=50 base=0.5 for multi_similarity")
     g.add_argument("--train_positives_dist_threshold", type=float, default=10.0)
     g.add_argument("--optim", choices=sorted(OPTIMIZERS), default="adam")
     g.add_argument("--lr", type=float, default=1e-5)
@@ -203,6 +206,8 @@ def validate_train_args(args: argparse.Namespace) -> None:
     _check(args.rolling_period > 0, f"--rolling_period must be > 0, got {args.rolling_period}")
     _check(args.netvlad_alpha_ratio > 1, f"--netvlad_alpha_ratio must be > 1, got {args.netvlad_alpha_ratio}")
     validate_train(args)
+    from training.losses import criterion_from_args
+    criterion_from_args(args)  # unknown or malformed loss settings stop here, before anything is read
     from training.augmentations import validate_augmentation_args
     from training.optim import validate_optim_args
     validate_optim_args(args)

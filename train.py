@@ -23,7 +23,7 @@ from commons import (autocast, get_rng_state, log_precision, log_to_folder, make
 from datasets_ws import BaseDataset, TripletsDataset, build_all
 from retrieval.evaluation import EvalResult, format_recalls, test
 from dataio.images import to_input
-from training.losses import build_criterion
+from training.losses import criterion_from_args
 from training.mining import MINERS, MiningContext
 from network import build_model, initialize_aggregation, load_init_state, load_model_state
 from training.optim import build_optimizer, lr_factor, set_lr
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
         ctx.encode = distributed.sharded_encoder(model, ds.as_images(), args.infer_batch_size, args.num_workers,
                                                  device, args.precision)
         distributed.sync_rng_state()
-    criterion = build_criterion(args.criterion, args.margin)
+    criterion = criterion_from_args(args)
     stop = state.not_improved >= args.patience
     while not stop and state.epoch < args.epochs_num:
         run_epoch(model, ds, optimizer, criterion, ctx, state, folder, args, device, inputs.base_lrs, ddp_model)

@@ -226,3 +226,27 @@ def test_identical_queries_and_positives_give_finite_gradients(name: str) -> Non
     assert torch.isfinite(loss)
     for t in (q, p, n):
         assert torch.isfinite(t.grad).all()
+
+
+def test_settings_reach_the_loss_and_defaults_are_the_losses_own() -> None:
+    q, p, n = random_batch(k=3, seed=14)
+    torch.testing.assert_close(build_criterion("multi_similarity", alpha=1.0, beta=20.0, base=0.3)(q, p, n),
+                               multi_similarity(q, p, n, alpha=1.0, beta=20.0, base=0.3))
+    torch.testing.assert_close(build_criterion("contrastive")(q, p, n), contrastive(q, p, n, margin=0.5))
+    torch.testing.assert_close(build_criterion("triplet")(q, p, n), triplet_loss(q, p, n, margin=0.1))
+    assert build_criterion("sare_joint", margin=0.3) is CRITERIA["sare_joint"]  # no margin to bind: ignored
+    with pytest.raises(UserError, match="--criterion triplet has no setting alpha; its settings: margin"):
+        build_criterion("triplet", alpha=1.0)
+
+
+def test_criterion_args_from_the_command_line(tiny_world) -> None:
+    from parser import parse_train_args
+    from training.losses import criterion_from_args
+    args = parse_train_args(["--datasets_folder", str(tiny_world), "--dataset_name", "synthetic", "--criterion",
+                             "multi_similarity", "--criterion_args", "beta=10", "alpha=3"])
+    q, p, n = random_batch(k=3, seed=15)
+    torch.testing.assert_close(criterion_from_args(args)(q, p, n), multi_similarity(q, p, n, alpha=3.0, beta=10.0))
+    for bad, message in ((["alpha"], "KEY=VALUE pairs"), (["alpha=x"], "KEY=VALUE pairs"), (["gamma=1"], "no setting")):
+        with pytest.raises(UserError, match=message):
+            parse_train_args(["--datasets_folder", str(tiny_world), "--dataset_name", "synthetic", "--criterion",
+                              "multi_similarity", "--criterion_args", *bad])

@@ -83,10 +83,10 @@ def test_ctrl_c_after_a_checkpoint_gives_the_command_that_continues(tiny_world, 
 
 
 def test_non_finite_loss_says_how_to_start_anew(tiny_world, monkeypatch, capsys) -> None:
-    real_build, calls = train.build_criterion, []
+    real_build, calls = train.criterion_from_args, []
 
-    def build_criterion(name: str, margin: float):
-        criterion = real_build(name, margin)
+    def criterion_from_args(args):
+        criterion = real_build(args)
 
         def nan_on_fifth_call(q, p, n):  # refresh 1 has 3 iterations (10 triplets, batch 4): call 5 = refresh 2, it 1
             calls.append(1)
@@ -94,7 +94,7 @@ def test_non_finite_loss_says_how_to_start_anew(tiny_world, monkeypatch, capsys)
             return loss * float("nan") if len(calls) == 5 else loss
         return nan_on_fifth_call
 
-    monkeypatch.setattr(train, "build_criterion", build_criterion)
+    monkeypatch.setattr(train, "criterion_from_args", criterion_from_args)
     lines = stop(train.main, tiny_train_flags(tiny_world, "nan") + TWO_REFRESHES, capsys)
     folder = only_run_folder("nan")
     assert lines[0].startswith("error: loss became nan at epoch 00 refresh 2/2, iteration 1; the last good checkpoint")

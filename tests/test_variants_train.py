@@ -10,7 +10,7 @@ import train
 from commons import UserError
 from conftest import tiny_train_flags
 from dataio.images import to_input
-from training.losses import build_criterion
+from training.losses import criterion_from_args
 from training.mining import MINERS, MiningContext
 from network import build_model
 from parser import parse_train_args
@@ -40,7 +40,7 @@ def loss_before_after(flags: list[str], passes: int = 3) -> tuple[float, float]:
         train.init_aggregation(model, ds, args, "cpu")
     ctx = MiningContext(model, ds, args, "cpu", inputs.neg_cache)
     triplets = MINERS[args.mining](ctx, np.arange(4))
-    criterion = build_criterion(args.criterion, args.margin)
+    criterion = criterion_from_args(args)
     before = fixed_loss(model, ds, triplets, criterion)
     for p in range(passes):
         train.train_on_triplets(model, ds, triplets, optimizer, criterion, args, "cpu", f"pass {p}")

@@ -33,7 +33,7 @@ from tools.benchmarks.workload import TensorTriplets, mining_seconds, search_sec
 from commons import CliParser, UserError, autocast, prepare_model, run_cli, tune_allocator, uses_channels_last
 from datasets_ws import BaseDataset, TripletsDataset
 from retrieval.evaluation import extract_features
-from training.losses import build_criterion
+from training.losses import criterion_from_args
 from training.mining import MiningContext, mine_random
 from network import build_model
 from training.optim import build_optimizer
@@ -111,7 +111,7 @@ def count_flops(args, images: int, step: bool) -> int:
                 model(x)
         else:
             feats = model(x).view(args.train_batch_size, -1, model.out_dim)
-            build_criterion(args.criterion, args.margin)(feats[:, 0], feats[:, 1], feats[:, 2:]).backward()
+            criterion_from_args(args)(feats[:, 0], feats[:, 1], feats[:, 2:]).backward()
     return counter.get_total_flops()
 
 
@@ -119,7 +119,7 @@ def train_run(model, ds, make_triplets, args, device: str, s: dict) -> Callable[
     """run(warmup) → triplets/s (query × negative pairs) of train.train_on_triplets over s["steps"] steps (1 step
     when warming up). make_triplets(n) gives n triplets n×(2+K) of ds."""
     optimizer = build_optimizer(train.param_groups(model, args), args)
-    criterion = build_criterion(args.criterion, args.margin)
+    criterion = criterion_from_args(args)
 
     def run(warmup: bool) -> float:
         steps = 1 if warmup else s["steps"]

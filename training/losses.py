@@ -32,17 +32,48 @@ CRITERIA = Registry("criterion")  # fn(q, p, n, ...) -> scalar, by name (--crite
 register_criterion = CRITERIA.register
 
 
-def build_criterion(name: str, margin: float = 0.1) -> Criterion:
-    """Return the criterion registered as ``name``, with ``margin`` bound if it takes one.
+def criterion_settings(name: str) -> dict[str, object]:
+    """The settable parameters of criterion `name` (beyond q, p, n) with their defaults."""
+    params = list(inspect.signature(CRITERIA[name]).parameters.values())[3:]
+    return {prm.name: prm.default for prm in params}
 
-    Raises UserError (listing the choices) for an unknown name.
+
+def parse_settings(pairs: list[str]) -> dict[str, float]:
+    """--criterion_args KEY=VALUE ... as a dict of floats; UserError for a malformed pair."""
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            settings[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise UserError(f"--criterion_args takes KEY=VALUE pairs with a number as value, got {pair!r}")
+    return settings
+
+
+def build_criterion(name: str, margin: float | None = None, **settings: float) -> Criterion:
+    """Return the criterion registered as ``name`` with ``margin`` (when given and the loss has one) and the other
+    settings bound; the loss's own defaults otherwise (triplet margin 0.1, contrastive 0.5, multi_similarity
+    alpha 2, beta 50, base 0.5).
+
+    Raises UserError (listing the choices) for an unknown name or setting.
     """
     if name not in CRITERIA:
         raise UserError(f"unknown criterion {name!r}; choose one of: {', '.join(sorted(CRITERIA))}")
-    fn = CRITERIA[name]
-    if "margin" in inspect.signature(fn).parameters:
-        return functools.partial(fn, margin=margin)
-    return fn
+    own = criterion_settings(name)
+    if margin is not None and "margin" in own:
+        settings = {"margin": margin, **settings}
+    unknown = sorted(set(settings) - set(own))
+    if unknown:
+        known = ", ".join(f"{k} (default {v})" for k, v in own.items()) or "none"
+        raise UserError(f"--criterion {name} has no setting {unknown[0]}; its settings: {known}")
+    return functools.partial(CRITERIA[name], **settings) if settings else CRITERIA[name]
+
+
+def criterion_from_args(args) -> Criterion:
+    """The criterion of train.py's flags: --criterion, --margin and --criterion_args."""
+    return build_criterion(args.criterion, args.margin, **parse_settings(args.criterion_args))
 
 
 def _check_shapes(q: Tensor, p: Tensor, n: Tensor) -> None:
