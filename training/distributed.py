@@ -1,5 +1,6 @@
 """Data-parallel training under torchrun (`torchrun --nproc_per_node N train.py ...`; README, Multi-GPU training):
-process group, rank helpers, sharded encoding, per-rank batch slices, global-batch loss, synchronized BatchNorm.
+process group, rank helpers, sharded encoding, per-rank batch slices, global-batch loss, DDP wrapping (with the
+synchronized BatchNorm of training/sync_batchnorm.py).
 
 Without torchrun's RANK / WORLD_SIZE / LOCAL_RANK, init() does nothing and every helper is a no-op or identity.
 Invariant: outside train_rank_rng(), the Python / NumPy / torch random states are identical on all ranks, so
@@ -26,6 +27,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from commons import UserError, get_rng_state, set_rng_state
 from retrieval.evaluation import EvalResult, evaluate_descriptors, extract_features
+from training.sync_batchnorm import convert_sync_batchnorm
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 BACKENDS = {"cuda": "nccl", "cpu": "gloo"}  # device → collective backend
@@ -255,76 +257,6 @@ def global_mean_loss(criterion: Callable, feats: torch.Tensor) -> tuple[torch.Te
     dist.all_reduce(stats)
     total, count = stats.tolist()
     return local * (world_size() * b / count), total / count
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Differentiable sum over ranks: y = Σ_r x_r on every rank, so dL/dx_r = Σ_r' dL_r'/dy (all-reduce)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y = x.clone()
-        dist.all_reduce(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        g = grad.clone()
-        dist.all_reduce(g)
-        return g
-
-
-class SyncBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d with training statistics over the global batch of all ranks, for CPU/gloo, where
-    torch.nn.SyncBatchNorm refuses to run. Sums are all-reduced differentiably, giving exactly the forward and
-    backward of one BatchNorm over the concatenated batch. In eval mode or one process: plain BatchNorm2d."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and active() and world_size() > 1):
-            return super().forward(x)
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32 or more
-        dims, shape, f64 = (0, 2, 3), (1, -1, 1, 1), torch.float64
-        count = torch.tensor([x.numel() // x.shape[1]], dtype=f64, device=x.device)
-        sums = _AllReduceSum.apply(torch.cat([xf.sum(dims, dtype=f64), count]))  # C sums, then N
-        n = sums[-1]
-        if n <= 1:
-            raise ValueError(f"expected more than 1 value per channel when training, got {int(n)}")
-        mean = (sums[:-1] / n).to(xf.dtype)
-        centered = xf - mean.view(shape)
-        var = (_AllReduceSum.apply((centered * centered).sum(dims, dtype=f64)) / n).to(xf.dtype)
-        y = centered * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach() * (n / (n - 1)).to(xf.dtype))
-        return y.to(x.dtype)
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
-        """Same rule as BatchNorm: exponential average, or cumulative average when momentum is None."""
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean.lerp_(mean, factor)
-        self.running_var.lerp_(unbiased_var, factor)
-
-
-def convert_sync_batchnorm(model: nn.Module, device: str) -> nn.Module:
-    """Swap BatchNorm2d layers for synchronized ones sharing their parameters and buffers (in place).
-
-    CUDA: torch.nn.SyncBatchNorm (fused kernels). CPU: SyncBatchNorm2d. State-dict keys are unchanged.
-    """
-    if device == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for name, child in model.named_children():
-        if type(child) is nn.BatchNorm2d:
-            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                   child.track_running_stats)
-            for key, value in [*child.named_parameters(recurse=False), *child.named_buffers(recurse=False)]:
-                setattr(sync, key, value)
-            sync.train(child.training)
-            setattr(model, name, sync)
-        else:
-            convert_sync_batchnorm(child, device)
-    return model
 
 
 def wrap(model: nn.Module, device: str) -> DistributedDataParallel:
