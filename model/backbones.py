@@ -6,6 +6,7 @@ VG benchmark authors, see model/external_weights.py).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,48 +74,23 @@ def load_weights(arch: str, imagenet_weights: str, pretrained: bool | str) -> nn
     return load_torchvision(arch, imagenet_weights if pretrained else None)
 
 
-def _resnet(arch: str, weights: str, last_layer: str, out_dim: int, pretrained: bool | str) -> Backbone:
-    model = load_weights(arch, weights, pretrained)
+RESNET_CUTS = {  # name: (torchvision arch, last layer kept, output channels); conv4 = stride 16, conv5 = stride 32
+    "resnet18conv4": ("resnet18", "layer3", 256), "resnet18conv5": ("resnet18", "layer4", 512),
+    "resnet50conv4": ("resnet50", "layer3", 1024), "resnet50conv5": ("resnet50", "layer4", 2048),
+    "resnet101conv4": ("resnet101", "layer3", 1024), "resnet101conv5": ("resnet101", "layer4", 2048),
+}
+
+
+def resnet_cut(arch: str, last_layer: str, out_dim: int, pretrained: bool | str, aggregation: str = "") -> Backbone:
+    """torchvision's ResNet `arch` up to `last_layer` (conv1 ... layer4); all but that layer frozen when pretrained."""
+    model = load_weights(arch, f"{arch.replace('resnet', 'ResNet')}_Weights.IMAGENET1K_V1", pretrained)
     names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
-    names = names[: names.index(last_layer) + 1]
-    children = [getattr(model, n) for n in names]
+    children = [getattr(model, n) for n in names[: names.index(last_layer) + 1]]
     return Backbone(nn.Sequential(*children), out_dim, frozen=children[:-1])
 
 
-@register_backbone("resnet18conv4")
-def resnet18conv4(pretrained: bool, aggregation: str = "") -> Backbone:
-    """ResNet-18 cut after layer3: 256 channels at stride 16."""
-    return _resnet("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer3", 256, pretrained)
-
-
-@register_backbone("resnet18conv5")
-def resnet18conv5(pretrained: bool, aggregation: str = "") -> Backbone:
-    """ResNet-18 up to layer4: 512 channels at stride 32."""
-    return _resnet("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "layer4", 512, pretrained)
-
-
-@register_backbone("resnet101conv4")
-def resnet101conv4(pretrained: bool, aggregation: str = "") -> Backbone:
-    """ResNet-101 cut after layer3: 1024 channels at stride 16."""
-    return _resnet("resnet101", "ResNet101_Weights.IMAGENET1K_V1", "layer3", 1024, pretrained)
-
-
-@register_backbone("resnet101conv5")
-def resnet101conv5(pretrained: bool, aggregation: str = "") -> Backbone:
-    """ResNet-101 up to layer4: 2048 channels at stride 32."""
-    return _resnet("resnet101", "ResNet101_Weights.IMAGENET1K_V1", "layer4", 2048, pretrained)
-
-
-@register_backbone("resnet50conv4")
-def resnet50conv4(pretrained: bool, aggregation: str = "") -> Backbone:
-    """ResNet-50 cut after layer3: 1024 channels at stride 16."""
-    return _resnet("resnet50", "ResNet50_Weights.IMAGENET1K_V1", "layer3", 1024, pretrained)
-
-
-@register_backbone("resnet50conv5")
-def resnet50conv5(pretrained: bool, aggregation: str = "") -> Backbone:
-    """ResNet-50 up to layer4: 2048 channels at stride 32."""
-    return _resnet("resnet50", "ResNet50_Weights.IMAGENET1K_V1", "layer4", 2048, pretrained)
+for _name, _cut in RESNET_CUTS.items():
+    register_backbone(_name)(functools.partial(resnet_cut, *_cut))
 
 
 @register_backbone("vgg16")
