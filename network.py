@@ -29,12 +29,14 @@ class GeoLocalizationNet(nn.Module):
                  netvlad_clusters: int = ARCH_DEFAULTS["netvlad_clusters"], fc_output_dim: int | None = None,
                  attention: str = ARCH_DEFAULTS["attention"], l2: str = ARCH_DEFAULTS["l2"],
                  trunc_te: int | None = None, pretrained: bool | str = False, train_all_layers: bool = False,
-                 freeze_te: int | None = None):
+                 freeze_te: int | None = None, gem_p: float = ARCH_DEFAULTS["gem_p"],
+                 rmac_levels: int = ARCH_DEFAULTS["rmac_levels"]):
         super().__init__()
         bb = build_backbone(backbone, pretrained, aggregation, train_all_layers, trunc_te, freeze_te)
         self.backbone = bb.net
         self.attention = build_attention(attention, bb.out_dim)
-        self.aggregation = build_aggregation(aggregation, bb.out_dim, netvlad_clusters=netvlad_clusters)
+        self.aggregation = build_aggregation(aggregation, bb.out_dim, netvlad_clusters=netvlad_clusters, gem_p=gem_p,
+                                             rmac_levels=rmac_levels)
         self.fc = nn.Linear(self.aggregation.out_dim, fc_output_dim) if fc_output_dim else None
         self.out_dim = fc_output_dim or self.aggregation.out_dim
         self.l2 = l2 if aggregation in SHALLOW_AGGREGATIONS else "after_pool"  # dVGL's --l2: shallow poolings only

@@ -205,6 +205,8 @@ def validate_train_args(args: argparse.Namespace) -> None:
     _check(args.attention_lr is None or args.attention_lr > 0, "--attention_lr must be > 0")
     _check(args.rolling_period > 0, f"--rolling_period must be > 0, got {args.rolling_period}")
     _check(args.netvlad_alpha_ratio > 1, f"--netvlad_alpha_ratio must be > 1, got {args.netvlad_alpha_ratio}")
+    _check(args.gem_p > 0, f"--gem_p must be > 0, got {args.gem_p}")
+    _check(args.rmac_levels > 0, f"--rmac_levels must be > 0, got {args.rmac_levels}")
     validate_train(args)
     from training.losses import criterion_from_args
     criterion_from_args(args)  # unknown or malformed loss settings stop here, before anything is read

@@ -8,7 +8,8 @@ import argparse
 from cli.dvgl_compat import backbone_name
 
 ARCH_DEFAULTS = {"backbone": "resnet18conv4", "aggregation": "gem", "netvlad_clusters": 64,  # the one source of
-                 "fc_output_dim": None, "attention": "none", "l2": "after_pool", "trunc_te": None}  # the arch keys
+                 "fc_output_dim": None, "attention": "none", "l2": "after_pool", "trunc_te": None,  # the arch keys
+                 "gem_p": 3.0, "rmac_levels": 3}
 
 
 def add_arch_args(g: argparse._ActionsContainer, suppress: bool) -> None:
@@ -26,6 +27,8 @@ def add_arch_args(g: argparse._ActionsContainer, suppress: bool) -> None:
     g.add_argument("--attention", choices=sorted(ATTENTIONS), default=d["attention"])
     g.add_argument("--l2", choices=list(aggregations_dvgl.L2_MODES), default=d["l2"],
                    help="mac/spoc/gem/rmac: L2 after pooling, of each local descriptor before it, or none (dVGL)")
+    g.add_argument("--gem_p", type=float, default=d["gem_p"], help="GeM's initial exponent p (learned)")
+    g.add_argument("--rmac_levels", type=int, default=d["rmac_levels"], help="R-MAC's number of region scales")
     g.add_argument("--trunc_te", type=int, default=d["trunc_te"], metavar="N",
                    help="transformer backbones: keep only the first N blocks")
 

@@ -232,3 +232,17 @@ def test_crn_trains_and_attention_parameters_get_gradients() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1e-3
+
+
+def test_gem_p_and_rmac_levels_reach_the_model_from_the_command_line(tiny_world) -> None:
+    from network import build_model
+    from parser import parse_train_args
+    base = ["--datasets_folder", str(tiny_world), "--dataset_name", "synthetic", "--pretrain", "none"]
+    gem = build_model(parse_train_args(base + ["--gem_p", "4.5"]))
+    assert gem.aggregation.p.item() == 4.5
+    rmac = build_model(parse_train_args(base + ["--aggregation", "rmac", "--rmac_levels", "2"]))
+    assert rmac.aggregation.levels == 2
+    x = torch.randn(1, 256, 6, 6)
+    torch.testing.assert_close(rmac.aggregation(x), agg.rmac(x, levels=2))
+    with pytest.raises(UserError, match="--gem_p must be > 0"):
+        parse_train_args(base + ["--gem_p", "0"])
