@@ -18,15 +18,16 @@ from datasets_ws import BaseDataset, TripletsDataset
 from network import build_model, initialize_aggregation
 from parser import parse_train_args
 
-MIN_GAIN = 8.0  # R@1 points over the untrained model: half the smallest seed-0 gain measured on any kernel path
+MIN_GAIN = {"gem": 8.0, "netvlad": 4.0}  # R@1 points over the untrained model: at most half the smallest gain below
 
-# Training from random init: high lr with a short warm-up and cosine decay, partial mining refreshed every
-# 100 queries, 2500 triplets (5 epochs). Measured 2026-12-01 (2 threads, channels_last fp32) on a Zen 5 EPYC with
-# AVX-512 BF16, --seed 0..9, three kernel paths: native (AVX-512), ONEDNN_MAX_CPU_ISA=AVX512_CORE (identical
-# results) and AVX2 forced (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2). R@1 gain over the untrained model:
-# GeM +18.3 .. +32.3 (smallest 20.0 native, 18.3 AVX2); NetVLAD (16 clusters, --netvlad_alpha_ratio 10) +10.0 ..
-# +21.3, but AVX2 --seed 1 collapsed (37.3 -> 18.3; README: NetVLAD on small images). This test runs --seed 0:
-# GeM +20.0 / +20.3, NetVLAD +18.0 / +18.7 (native / AVX2). One test query is 0.33 points.
+# Training from random init: Adam with a short warm-up and cosine decay, partial mining refreshed every 100 queries,
+# 2500 triplets (5 epochs). Measured 2026-12-01 (2 threads, channels_last fp32) on a Zen 5 EPYC with AVX-512 BF16,
+# --seed 0..9, kernel paths native (AVX-512), ONEDNN_MAX_CPU_ISA=AVX512_CORE (same results as native) and AVX2 forced
+# (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2). R@1 gain over the untrained model (one query = 0.33 points):
+# - GeM (lr 3e-3): +18.3 .. +32.3, smallest +20.0 native, +18.3 AVX2.
+# - NetVLAD (16 clusters, --netvlad_alpha_ratio 3, --lr 1e-3): +8.7 .. +19.0, smallest +8.7 native, +10.0 AVX2;
+#   every validation curve rises without a collapse. With ratio 10 and lr 3e-3, AVX2 --seed 1 collapsed (-19.0);
+#   with ratio 3 and lr 3e-3, native --seed 3 did (+2.3) (README: NetVLAD on small images).
 E2E_FLAGS = ["--dataset_name", "synthetic", "--resize", "32", "32", "--pretrain", "none", "--precision", "fp32",
              "--backbone", "resnet18conv4", "--lr", "3e-3", "--warmup_epochs", "0.5", "--scheduler", "cosine",
              "--train_batch_size", "8", "--negs_num_per_query", "3", "--neg_samples_num", "200",
@@ -34,7 +35,8 @@ E2E_FLAGS = ["--dataset_name", "synthetic", "--resize", "32", "32", "--pretrain"
              "--epochs_num", "5", "--patience", "10", "--infer_batch_size", "64", "--num_workers", "0",
              "--device", "cpu", "--seed", "0", "--recall_values", "1", "5"]
 VARIANTS = {"gem": ["--aggregation", "gem"],
-            "netvlad": ["--aggregation", "netvlad", "--netvlad_clusters", "16", "--netvlad_alpha_ratio", "10"]}
+            "netvlad": ["--aggregation", "netvlad", "--netvlad_clusters", "16", "--netvlad_alpha_ratio", "3",
+                        "--lr", "1e-3"]}
 
 
 def untrained_recalls(args) -> dict[int, float]:
@@ -58,7 +60,7 @@ def test_training_beats_the_untrained_model(e2e_world: Path, tmp_path: Path, mon
     results = train.main(flags)
     after = {int(n): r for n, r in results["test"]["recalls"].items()}
     logging.getLogger(__name__).warning(f"{variant}: untrained {before}, trained {after}")
-    assert after[1] >= before[1] + MIN_GAIN, f"{variant}: R@1 {before[1]:.1f} -> {after[1]:.1f}"
+    assert after[1] >= before[1] + MIN_GAIN[variant], f"{variant}: R@1 {before[1]:.1f} -> {after[1]:.1f}"
     assert after[5] >= after[1]
 
     best = results["test"]["checkpoint"]
