@@ -16,7 +16,7 @@ from model.aggregations import build_aggregation
 from model.aggregations_dvgl import SHALLOW_AGGREGATIONS, pool_with_l2
 from model.attention import build_attention
 from model.backbones import build_backbone
-from cli.model_flags import ARCH_DEFAULTS
+from cli.arch import ARCH_DEFAULTS
 from commons import UserError
 from dataio.images import to_input
 

@@ -19,7 +19,7 @@ import torch
 
 from runs.atomic_files import atomic_save, atomic_write
 from commons import UserError
-from cli.model_flags import ARCH_DEFAULTS
+from cli.arch import ARCH_DEFAULTS
 
 RESUME_SAFE_KEYS = ("epochs_num", "num_workers", "device", "infer_batch_size", "save_dir", "resume",  # may change
                     "patience", "datasets_folder", "skip_corrupt", "log_level", "init_from", "precision_requested")

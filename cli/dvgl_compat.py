@@ -10,6 +10,7 @@ import copy
 import sys
 from pathlib import Path
 
+from cli.arch import ARCH_DEFAULTS
 from commons import UserError
 
 # dVGL's defaults that differ from this toolkit's (see the README table for why each was kept).
@@ -159,7 +160,6 @@ def validate_architecture(arch: dict) -> None:
 def validate_eval(args: argparse.Namespace) -> None:
     """eval.py checks of the dVGL flags: off-the-shelf and other-source weights exist, --pca_dataset_folder maps."""
     from model import external_weights
-    from cli.model_flags import ARCH_DEFAULTS
     arch = {k: getattr(args, k, d) for k, d in ARCH_DEFAULTS.items()}
     if not args.resume:
         validate_architecture(arch)
@@ -183,7 +183,6 @@ def validate_eval(args: argparse.Namespace) -> None:
 def default_notes(script: str, args: argparse.Namespace, given: set[str], device: str) -> list[str]:
     """One line per default in effect that differs from dVGL's and was not set on the command line."""
     from model.aggregations_dvgl import SHALLOW_AGGREGATIONS
-    from cli.model_flags import ARCH_DEFAULTS
     if script == "train" and args.resume:  # the flags are the stored run's
         return []
     fresh = not args.resume

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from cli.arch import ARCH_DEFAULTS
 from cli.dvgl_compat import backbone_name
 
-ARCH_DEFAULTS = {"backbone": "resnet18conv4", "aggregation": "gem", "netvlad_clusters": 64,  # the one source of
-                 "fc_output_dim": None, "attention": "none", "l2": "after_pool", "trunc_te": None,  # the arch keys
-                 "gem_p": 3.0, "rmac_levels": 3}
 
 
 def add_arch_args(g: argparse._ActionsContainer, suppress: bool) -> None:
