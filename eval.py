@@ -7,6 +7,8 @@ weights), as dVGL's eval.py does.
 """
 from __future__ import annotations
 
+from runs import profile  # first: the run's start-up time includes the imports below
+
 import argparse
 import logging
 
@@ -16,12 +18,14 @@ from model.aggregations_dvgl import SHALLOW_AGGREGATIONS
 from commons import (UserError, log_precision, log_to_folder, make_deterministic, prepare_model, run_cli, set_stop_hint,
                      setup_logging, tune_allocator)
 from datasets_ws import BaseDataset, split_folder
-from retrieval.evaluation import EvalResult, hits_matrix, prediction_distances, recalls_by_threshold, recalls_from_hits
+from retrieval.evaluation import (EvalResult, InferenceConfig, hits_matrix, prediction_distances, recalls_by_threshold,
+                                  recalls_from_hits)
 from model.external_weights import load_off_the_shelf
 from network import arch_config, build_model, load_model_state
 from parser import parse_eval_args, resolve_device, startup_notes, train_parser
 from retrieval.pca import PCA, prepare_pca
 from retrieval.query_methods import Ensemble, MultiScale, run_test_method
+from training.initialization import init_aggregation
 from util import (arch_summary, check_finite_radii, check_recall_values, load_checkpoint, log_args, new_run_folder,
                   write_json)
 from runs.visualize import plot_recall_curve, plot_recall_vs_threshold, save_prediction_pictures
@@ -61,7 +65,8 @@ def build_test_model(args, models: list[torch.nn.Module], folder, device: str) -
     info = {"test_method": args.test_method, "ensemble": args.ensemble if len(models) > 1 else None,
             "multiscale": list(args.multiscale)}
     if args.pca_dim or args.pca_file:
-        model, info["pca"] = prepare_pca(model, args, folder, device)
+        with profile.phase("pca"):
+            model, info["pca"] = prepare_pca(model, args, folder, device)
     return model, info
 
 
@@ -115,7 +120,6 @@ def untrained_model(args, ds: BaseDataset, device: str) -> torch.nn.Module:
     (ImageNet, places, gldv2) or random weights. NetVLAD/CRN centroids come from k-means on local descriptors of
     the evaluated database, as train.py initializes them on the training database (no query is used). Random
     weights are drawn right after seeding with --seed."""
-    from train import init_aggregation
     off_the_shelf = args.off_the_shelf != "imagenet"
     if args.seed >= 0:  # random weights depend on --seed alone, not on what drew random numbers before
         torch.manual_seed(args.seed)
@@ -147,6 +151,7 @@ def load_inputs(args, device: str) -> tuple[BaseDataset, list[torch.nn.Module]]:
 
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate and write results.json in logs/<save_dir>/<timestamp>/ (first, then the pictures)."""
+    profile.begin()
     args = parse_eval_args(argv)
     check_finite_radii(val_positive_dist_threshold=args.val_positive_dist_threshold,
                        recall_thresholds=args.recall_thresholds)
@@ -164,20 +169,24 @@ def main(argv: list[str] | None = None) -> dict:
     for line in startup_notes("eval", args, argv):
         logging.info(line)
     set_stop_hint(lambda e: f"run folder: {folder} (incomplete: no results.json); run the same command again")
+    profile.mark_startup()
     model, variants = build_test_model(args, models, folder, device)
-    result = run_test_method(model, ds, args.test_method, tuple(args.test_resize or args.resize), args.recall_values,
-                             args.infer_batch_size, args.num_workers, device, args.precision, args.index,
-                             args.majority_weight, max_k=max(CURVE_MAX_N, args.save_predictions))
+    with profile.phase("test"):
+        result = run_test_method(model, ds, args.test_method, tuple(args.test_resize or args.resize),
+                                 args.recall_values, InferenceConfig.from_args(args, device), args.majority_weight,
+                                 max_k=max(CURVE_MAX_N, args.save_predictions))
     logging.info(f"recalls at {args.val_positive_dist_threshold} m on {ds}:\n{recall_table(result.recalls)}")
     results = {**result.info, **variants, "recalls": {str(k): v for k, v in result.recalls.items()},
                "checkpoint": args.resume[0] if len(args.resume or []) == 1 else args.resume, "args": vars(args),
                **prediction_reports(result, ds, args)}
     write_json(folder / "results.json", results)  # the numbers first: a failure in the pictures loses none
     set_stop_hint(lambda e: f"run folder: {folder}; results.json is complete, the pictures are not")
-    pictures = write_pictures(results, result, ds, args, folder)
-    if pictures:
-        results.update(pictures)
-        write_json(folder / "results.json", results)
+    with profile.phase("pictures"):
+        results.update(write_pictures(results, result, ds, args, folder))
+    results["time_profile"] = profile.current().summary()
+    for line in profile.format_summary(results["time_profile"]):
+        logging.info(line)
+    write_json(folder / "results.json", results)
     return results
 
 

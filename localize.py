@@ -22,6 +22,7 @@ from localization.geo import check_zone
 from localization.html import write_html
 from localization.index import IndexKey, file_sha256, open_index
 from localization.photos import Encoder, collect_photos
+from retrieval.evaluation import InferenceConfig
 from localization.predict import Predictions, predict, unique_rows
 from parser import _check, _reparse, _runtime_args, _with_device_defaults, resolve_device
 from util import load_checkpoint, log_args, new_run_folder, write_json
@@ -134,8 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"nothing to localize: none of the {len(photos.errors)} inputs is a readable photo (see the "
                         f"lines above); pass photo files or folders of photos")
     resize = (int(args.resize[0]), int(args.resize[1]))
-    encoder = Encoder(load_trained_model(args.resume, device, args.precision), resize, args.infer_batch_size,
-                      args.num_workers, device, args.precision)
+    encoder = Encoder(load_trained_model(args.resume, device, args.precision), resize,
+                      InferenceConfig(args.infer_batch_size, args.num_workers, device, args.precision, args.index))
     index_dir = Path(args.index_dir) if args.index_dir else default_index_dir(args.database)
     key = IndexKey(str(args.resume), file_sha256(args.resume), resize)
     db = open_index(index_dir, Path(args.database), key, args.index, encoder, check_zone(args.utm_zone),

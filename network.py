@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -18,8 +18,7 @@ from model.attention import build_attention
 from model.backbones import build_backbone
 from cli.arch import ARCH_DEFAULTS
 from commons import UserError
-from dataio.images import to_input
-
+from runs import profile
 
 
 class GeoLocalizationNet(nn.Module):
@@ -100,14 +99,15 @@ def load_init_state(model: nn.Module, state: Mapping[str, torch.Tensor], source:
 
 
 @torch.no_grad()
-def sample_local_descriptors(model: GeoLocalizationNet, loader, num: int, seed: int,
-                             device: str) -> np.ndarray:
-    """Sample `num` L2-normalized local descriptors (num×C) from backbone feature maps of loader's images."""
+def sample_local_descriptors(model: GeoLocalizationNet, batches: Iterable[torch.Tensor], num: int,
+                             seed: int) -> np.ndarray:
+    """Sample `num` L2-normalized local descriptors (num×C) from backbone feature maps of `batches`, model inputs
+    B×3×H×W on the model's device (the caller loads and normalizes the images); stops reading at 2·num."""
     rng = np.random.default_rng(seed)
     chunks, total = [], 0
     model.eval()
-    for images, _ in tqdm(loader, desc="NetVLAD init: local descriptors", ncols=100, leave=False):
-        fmap = model.features(to_input(images, device, "fp32")).float()  # B×C×H×W (autocast, if any, outside)
+    for x in tqdm(batches, desc="NetVLAD init: local descriptors", ncols=100, leave=False):
+        fmap = model.features(x).float()  # B×C×H×W (autocast, if any, outside)
         local = F.normalize(fmap.flatten(2).transpose(1, 2).reshape(-1, fmap.shape[1]), dim=1)  # (B·H·W)×C
         chunks.append(local.cpu().numpy())
         total += len(local)
@@ -117,17 +117,17 @@ def sample_local_descriptors(model: GeoLocalizationNet, loader, num: int, seed: 
     return descs[rng.choice(len(descs), size=min(num, len(descs)), replace=False)].astype(np.float32)
 
 
-def initialize_aggregation(model: GeoLocalizationNet, loader, device: str, seed: int,
+def initialize_aggregation(model: GeoLocalizationNet, batches: Iterable[torch.Tensor], seed: int,
                            num_descriptors: int = 50000, ratio: float = 100.0) -> None:
     """Run data-dependent initialization (NetVLAD k-means; soft-assignment top1/top2 `ratio`) when the aggregation
-    needs it."""
+    needs it, from model inputs B×3×H×W (see sample_local_descriptors)."""
     agg = model.aggregation
     if not getattr(agg, "needs_init", False):
         return
-    descs = sample_local_descriptors(model, loader, num_descriptors, seed, device)
+    descs = sample_local_descriptors(model, batches, num_descriptors, seed)
     logging.info(f"initializing {type(agg).__name__} from {len(descs)} local descriptors (k-means)")
     with tqdm(desc=f"NetVLAD init: k-means of {len(descs)} descriptors", bar_format="{desc}: {elapsed}",
-              leave=False) as bar, _ticking(bar):
+              leave=False) as bar, _ticking(bar), profile.phase("kmeans"):
         agg.init_params(descs, niter=100, seed=seed, ratio=ratio)
 
 

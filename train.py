@@ -4,6 +4,8 @@ Example: python train.py --datasets_folder data --dataset_name pitts30k --aggreg
 """
 from __future__ import annotations
 
+from runs import profile  # first: the run's start-up time includes the imports below
+
 import logging
 import math
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training import distributed
@@ -21,11 +23,12 @@ from training.augmentations import build_augmentation
 from commons import (autocast, get_rng_state, log_precision, log_to_folder, make_deterministic, prepare_model, run_cli,
                      set_rng_state, set_stop_hint, setup_logging, tune_allocator)
 from datasets_ws import BaseDataset, TripletsDataset, build_all
-from retrieval.evaluation import EvalResult, format_recalls, test
+from retrieval.evaluation import EvalResult, InferenceConfig, encoder, format_recalls, test
 from dataio.images import to_input
 from training.losses import criterion_from_args
-from training.mining import MINERS, MiningContext
-from network import build_model, initialize_aggregation, load_init_state, load_model_state
+from training.initialization import init_aggregation, init_weights
+from training.mining import MiningContext, MiningSettings
+from network import build_model, load_model_state
 from training.optim import build_optimizer, lr_factor, set_lr
 from parser import parse_train_args, resolve_device, startup_notes, train_parser
 from util import (BEST, LAST, NonFiniteError, check_finite_radii, check_recall_values, check_resumable,
@@ -78,25 +81,27 @@ def train_on_triplets(model, ds: TripletsDataset, triplets: np.ndarray, optimize
     net.train()
     losses = []
     scaler = torch.amp.GradScaler(device, enabled=args.precision == "fp16")  # fp16 gradients would underflow
+    batches = tqdm(profile.timed_iter(loader), total=len(loader), desc=f"training {where}", ncols=100, leave=False,
+                   disable=not distributed.is_main())
     with distributed.train_rank_rng():  # per-rank augmentation streams; no-op in one process
-        for it, (images, _) in enumerate(tqdm(loader, desc=f"training {where}", ncols=100, leave=False,
-                                              disable=not distributed.is_main())):
+        for it, (images, _) in enumerate(batches):
             b, n = images.shape[:2]  # B×(2+K)×3×H×W
-            with autocast(device, args.precision):
-                feats = net(to_input(images.flatten(0, 1), device, args.precision))  # (B·(2+K))×D
-            feats = feats.float().view(b, n, feats.shape[-1])
-            if ddp_model is None:
-                loss = criterion(feats[:, 0], feats[:, 1], feats[:, 2:])
-                value = loss.item()
-            else:
-                loss, value = distributed.global_mean_loss(criterion, feats)
-            if not math.isfinite(value):
-                raise NonFiniteError(f"loss became {value} at {where}, iteration {it}; the last good checkpoint "
-                                     f"is kept; lower --lr or use --precision fp32")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            with profile.phase("compute", images=b * n):
+                with autocast(device, args.precision):
+                    feats = net(to_input(images.flatten(0, 1), device, args.precision))  # (B·(2+K))×D
+                feats = feats.float().view(b, n, feats.shape[-1])
+                if ddp_model is None:
+                    loss = criterion(feats[:, 0], feats[:, 1], feats[:, 2:])
+                    value = loss.item()
+                else:
+                    loss, value = distributed.global_mean_loss(criterion, feats)
+                if not math.isfinite(value):
+                    raise NonFiniteError(f"loss became {value} at {where}, iteration {it}; the last good "
+                                         f"checkpoint is kept; lower --lr or use --precision fp32")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             losses.append(value)
     bad = next((k for k, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), None)
     if bad is not None:  # the last step can blow up the weights although its loss was finite
@@ -120,8 +125,8 @@ def evaluator():
 def validate(model, val_ds, args, device: str) -> EvalResult:
     """Recalls on the validation split (always including R@5)."""
     values = sorted(set(args.recall_values) | {STOP_METRIC})
-    return evaluator()(model, val_ds, values, args.infer_batch_size, args.num_workers, device, args.precision,
-                       args.index)
+    with profile.phase("validation"):
+        return evaluator()(model, val_ds, values, InferenceConfig.from_args(args, device))
 
 
 def run_epoch(model, ds, optimizer, criterion, ctx: MiningContext, state: TrainState, folder: Path, args,
@@ -134,15 +139,18 @@ def run_epoch(model, ds, optimizer, criterion, ctx: MiningContext, state: TrainS
         set_lr(optimizer, base_lrs, lr_factor(state.epoch + state.refresh / refreshes, args.epochs_num, args))
         start = time.time()
         query_ids = np.random.choice(queries_num, min(args.cache_refresh_rate, queries_num), replace=False)
-        triplets = MINERS[args.mining](ctx, query_ids)
+        with profile.phase("mining"):
+            triplets = ctx.mine(query_ids)
         distributed.check_same_on_all_ranks(triplets, "mined triplets")
-        loss = train_on_triplets(model, ds, triplets, optimizer, criterion, args, device, where, ddp_model)
+        with profile.phase("training"):
+            loss = train_on_triplets(model, ds, triplets, optimizer, criterion, args, device, where, ddp_model)
         state.refresh += 1
         state.train_time_s += time.time() - start
         state.losses.append(loss)
         logging.debug(f"{where}: loss {loss:.4f} ({time.time() - start:.1f} s)")
         if distributed.is_main():
-            save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best=False)
+            with profile.phase("checkpoint"):
+                save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best=False)
 
 
 def end_epoch(model, optimizer, val_ds, ctx, state: TrainState, folder: Path, args, device: str) -> bool:
@@ -158,33 +166,15 @@ def end_epoch(model, optimizer, val_ds, ctx, state: TrainState, folder: Path, ar
                  f"{' (best)' if is_best else ''}")
     state.epoch, state.refresh = state.epoch + 1, 0
     if distributed.is_main():
-        save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best)
-        plot_training_curves(state.losses, state.val_history, args.queries_per_epoch // args.cache_refresh_rate,
-                             folder / "training_curves.png", STOP_METRIC)
+        with profile.phase("checkpoint"):
+            save_checkpoint(make_checkpoint(model, optimizer, state, ctx.neg_cache, args), folder, is_best)
+        with profile.phase("plots"):
+            plot_training_curves(state.losses, state.val_history, args.queries_per_epoch // args.cache_refresh_rate,
+                                 folder / "training_curves.png", STOP_METRIC)
     if state.not_improved >= args.patience:
         logging.info(f"no R@{STOP_METRIC} gain for {args.patience} epochs: stopping")
         return True
     return False
-
-
-def init_aggregation(model, ds: TripletsDataset, args, device: str) -> None:
-    """Data-dependent initialization (NetVLAD k-means) from random training database images."""
-    ids = np.random.permutation(ds.database_num)[:1000]
-    loader = DataLoader(Subset(ds.as_images(), ids.tolist()), batch_size=args.infer_batch_size,
-                        num_workers=args.num_workers)
-    with autocast(device, args.precision):
-        initialize_aggregation(model, loader, device, seed=max(args.seed, 0), ratio=args.netvlad_alpha_ratio)
-
-
-def init_weights(model, args) -> bool:
-    """Fresh run: load --init_from weights when given. Returns whether the aggregation still needs its k-means
-    initialization (NetVLAD without weights from the checkpoint; attention layers such as CRN excluded)."""
-    missing = set(model.state_dict())
-    if args.init_from:
-        missing = set(load_init_state(model, load_checkpoint(args.init_from)["model_state_dict"], args.init_from))
-        logging.info(f"weights from {args.init_from}; kept at initialization: {sorted(missing) or 'none'}")
-    att = {id(p) for p in model.attention_parameters()}
-    return bool({f"aggregation.{n}" for n, p in model.aggregation.named_parameters() if id(p) not in att} & missing)
 
 
 @dataclass
@@ -261,15 +251,18 @@ def final_test(args, folder: Path, device: str, state: TrainState, test_ds: Base
     best = load_checkpoint(path)
     model = prepare_model(build_model(best["args"]), device, args.precision)
     load_model_state(model, best["model_state_dict"], str(path))
-    result = evaluator()(model, test_ds, args.recall_values, args.infer_batch_size, args.num_workers, device,
-                         args.precision, args.index)
+    with profile.phase("test"):
+        result = evaluator()(model, test_ds, args.recall_values, InferenceConfig.from_args(args, device))
     logging.info(f"test of best model on {test_ds}: {format_recalls(result.recalls)}")
     results = {"kind": "train", "args": vars(args), "train_time_s": state.train_time_s,
                "epochs": state.epoch, "best_val_recall@5": state.best_recall, "losses": state.losses,
                "val_history": state.val_history,
                "test": {**result.info, "recalls": {str(k): v for k, v in result.recalls.items()},
-                        "checkpoint": str(path)}}
+                        "checkpoint": str(path)},
+               "time_profile": profile.current().summary()}
     if distributed.is_main():
+        for line in profile.format_summary(results["time_profile"]):
+            logging.info(line)
         write_json(folder / "results.json", results)
     return results
 
@@ -277,6 +270,7 @@ def final_test(args, folder: Path, device: str, state: TrainState, test_ds: Base
 def main(argv: list[str] | None = None) -> dict:
     """Train, validate every epoch, stop early on R@5, then test the best model. Under torchrun:
     DistributedDataParallel over the ranks (see training/distributed.py); rank 0 logs and writes files."""
+    profile.begin()
     args = parse_train_args(argv)
     check_resumable(args.resume)
     check_finite_radii(val_positive_dist_threshold=args.val_positive_dist_threshold)
@@ -289,15 +283,16 @@ def main(argv: list[str] | None = None) -> dict:
     make_deterministic(args.seed)
     inputs = load_inputs(args, device)
     ds, val_ds, model, optimizer, state = inputs.ds, inputs.val_ds, inputs.model, inputs.optimizer, inputs.state
+    make_encoder = distributed.sharded_encoder if distributed.active() else encoder
+    ctx = MiningContext.create(make_encoder(model, ds.as_images(), InferenceConfig.from_args(args, device)), ds,
+                               MiningSettings.from_args(args), inputs.neg_cache)
     folder = open_run_folder(args, state, main_rank, argv)
+    profile.mark_startup()
     if inputs.needs_kmeans:
         init_aggregation(model, ds, args, device)
-    ctx = MiningContext(model, ds, args, device, inputs.neg_cache)
     ddp_model = None
     if distributed.active():
         ddp_model = distributed.wrap(model, device)
-        ctx.encode = distributed.sharded_encoder(model, ds.as_images(), args.infer_batch_size, args.num_workers,
-                                                 device, args.precision)
         distributed.sync_rng_state()
     criterion = criterion_from_args(args)
     stop = state.not_improved >= args.patience

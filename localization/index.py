@@ -154,7 +154,7 @@ def open_index(folder: Path, root: Path, key: IndexKey, kind: str, encoder: Enco
     start, start_cpu, before = time.perf_counter(), time.process_time(), encoder.encoded
     index = _write(folder, stored, keep, [root / rel for rel in new], encoder, kind)
     stamps = [[rel, *current[rel]] for rel in files]
-    _finish(folder, stamps, positions, key, kind, index, encoder.precision, root)
+    _finish(folder, stamps, positions, key, kind, index, encoder.cfg.precision, root)
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     encoded = encoder.encoded - before
     logging.info(f"index {folder}: {len(files)} database images; encoded {encoded} in {seconds:.1f} s ({cpu:.1f} s "

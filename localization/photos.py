@@ -18,7 +18,7 @@ import torch.utils.data as data
 from tqdm import tqdm
 
 from datasets_ws import list_images
-from retrieval.evaluation import extract_features
+from retrieval.evaluation import InferenceConfig, extract_features
 from dataio.images import build_resize, image_problem, open_image
 
 CHUNK_IMAGES = 4096  # images encoded per extract_features call: bounds the float32 descriptors held in memory
@@ -43,10 +43,7 @@ class Encoder:
     """A model and its encoding settings; `encoded` counts every image encoded so far."""
     model: torch.nn.Module
     resize: tuple[int, int]
-    batch_size: int
-    num_workers: int
-    device: str
-    precision: str
+    cfg: InferenceConfig
     encoded: int = 0
 
     def chunks(self, paths: Sequence[Path], desc: str) -> Iterator[np.ndarray]:
@@ -56,8 +53,7 @@ class Encoder:
         with tqdm(total=len(paths), desc=desc, ncols=100, unit="img", disable=len(paths) <= CHUNK_IMAGES) as bar:
             for start in range(0, len(paths), CHUNK_IMAGES):
                 rows = range(start, min(start + CHUNK_IMAGES, len(paths)))
-                feats = extract_features(self.model, dataset, rows, self.batch_size, self.num_workers,
-                                         self.device, self.precision, desc=desc)  # B×D float32
+                feats = extract_features(self.model, dataset, rows, self.cfg, desc=desc)  # B×D float32
                 self.encoded += len(rows)
                 bar.update(len(rows))
                 yield feats

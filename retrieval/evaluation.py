@@ -13,30 +13,56 @@ from tqdm import tqdm
 from commons import autocast
 from dataio.images import to_input
 from retrieval.indexing import build_index, search
+from runs import profile
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How descriptors are computed and searched: what feature extraction, testing, the test methods, PCA fitting
+    and the miners share (--infer_batch_size, --num_workers, the device, --precision, --index)."""
+    batch_size: int = 16
+    num_workers: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    index: str = "flat"
+
+    @classmethod
+    def from_args(cls, args, device: str) -> InferenceConfig:
+        """The configuration of parsed train.py/eval.py args (num_workers already resolved for the device)."""
+        return cls(args.infer_batch_size, args.num_workers, device, args.precision, args.index)
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, dataset, indices: Sequence[int], batch_size: int,
-                     num_workers: int, device: str, precision: str = "fp32", desc: str = "features") -> np.ndarray:
+def extract_features(model: torch.nn.Module, dataset, indices: Sequence[int], cfg: InferenceConfig,
+                     desc: str = "features") -> np.ndarray:
     """Descriptors of dataset items `indices`, in that order: N×D float32.
 
-    dataset[i] must return (image 3×H×W, i). The model is put in eval mode.
+    dataset[i] must return (image 3×H×W, i). The model is put in eval mode. Time goes to the profile's
+    "encode" phase (its "data" part: waiting for the loader, i.e. decoding with num_workers 0).
     """
     model.eval()
     indices = np.asarray(indices, dtype=np.int64)
-    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=device == "cuda", persistent_workers=False)
+    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                        pin_memory=cfg.device == "cuda", persistent_workers=False)
     out: np.ndarray | None = None
     pos = 0
     quiet = len(loader) < 2 or (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0)
-    for images, _ in tqdm(loader, desc=desc, ncols=100, leave=False, disable=quiet):
-        with autocast(device, precision):
-            feats = model(to_input(images, device, precision)).float().cpu().numpy()  # B×D
-        if out is None:
-            out = np.empty((len(indices), feats.shape[1]), dtype=np.float32)
-        out[pos:pos + len(feats)] = feats
-        pos += len(feats)
+    with profile.phase("encode", images=len(indices)):
+        for images, _ in tqdm(profile.timed_iter(loader), total=len(loader), desc=desc, ncols=100, leave=False,
+                              disable=quiet):
+            with profile.phase("forward"), autocast(cfg.device, cfg.precision):
+                feats = model(to_input(images, cfg.device, cfg.precision)).float().cpu().numpy()  # B×D
+            if out is None:
+                out = np.empty((len(indices), feats.shape[1]), dtype=np.float32)
+            out[pos:pos + len(feats)] = feats
+            pos += len(feats)
     return out
+
+
+def encoder(model: torch.nn.Module, dataset, cfg: InferenceConfig) -> Callable[[np.ndarray, str], np.ndarray]:
+    """encode(indices, desc) -> N×D descriptors of dataset items (extract_features bound to model, dataset, cfg);
+    the miners' encoder in one process (distributed.sharded_encoder under torchrun)."""
+    return lambda indices, desc: extract_features(model, dataset, indices, cfg, desc)
 
 
 def hits_matrix(predictions: np.ndarray, queries_utms: np.ndarray, database_utms: np.ndarray,
@@ -93,8 +119,9 @@ def evaluate_descriptors(db_feats: np.ndarray, q_feats: np.ndarray, dataset, rec
     several descriptors per query (test_methods).
     """
     k = min(max(max(recall_values), max_k or 0), len(db_feats))
-    index = build_index(db_feats, index_kind)
-    distances, predictions = search_fn(index, q_feats, k)
+    with profile.phase("search"):
+        index = build_index(db_feats, index_kind)
+        distances, predictions = search_fn(index, q_feats, k)
     hits = hits_matrix(predictions, dataset.queries_utms, dataset.database_utms,
                        dataset.val_positive_dist_threshold)
     no_pos = int(sum(len(p) == 0 for p in dataset.soft_positives_per_query))
@@ -107,10 +134,9 @@ def evaluate_descriptors(db_feats: np.ndarray, q_feats: np.ndarray, dataset, rec
     return EvalResult(recalls_from_hits(hits, recall_values), predictions, distances, no_pos, info)
 
 
-def test(model: torch.nn.Module, dataset, recall_values: Sequence[int], batch_size: int, num_workers: int,
-         device: str, precision: str = "fp32", index_kind: str = "flat", max_k: int | None = None) -> EvalResult:
+def test(model: torch.nn.Module, dataset, recall_values: Sequence[int], cfg: InferenceConfig,
+         max_k: int | None = None) -> EvalResult:
     """Encode database and queries of `dataset` (a BaseDataset) and compute recall@N."""
-    feats = extract_features(model, dataset, range(len(dataset)), batch_size, num_workers, device, precision,
-                             desc=f"encoding {dataset.split}")
+    feats = extract_features(model, dataset, range(len(dataset)), cfg, desc=f"encoding {dataset.split}")
     db_num = dataset.database_num
-    return evaluate_descriptors(feats[:db_num], feats[db_num:], dataset, recall_values, index_kind, max_k)
+    return evaluate_descriptors(feats[:db_num], feats[db_num:], dataset, recall_values, cfg.index, max_k)

@@ -110,7 +110,7 @@ def prepare_pca(model: nn.Module, args, folder: Path, device: str) -> tuple[nn.M
     Returns the wrapped model (moved to device) and a summary for results.json.
     """
     from datasets_ws import BaseDataset
-    from retrieval.evaluation import extract_features
+    from retrieval.evaluation import InferenceConfig, extract_features
 
     if args.pca_file:
         pca, path = PCA.load(args.pca_file), Path(args.pca_file)
@@ -120,8 +120,8 @@ def prepare_pca(model: nn.Module, args, folder: Path, device: str) -> tuple[nn.M
     else:
         ds = BaseDataset(args.datasets_folder, args.dataset_name, args.pca_split,
                          tuple(args.test_resize or args.resize), args.val_positive_dist_threshold, args.skip_corrupt)
-        feats = extract_features(model, ds, range(ds.database_num), args.infer_batch_size, args.num_workers,
-                                 device, args.precision, desc=f"encoding {args.pca_split} database for PCA")
+        feats = extract_features(model, ds, range(ds.database_num), InferenceConfig.from_args(args, device),
+                                 desc=f"encoding {args.pca_split} database for PCA")
         pca, path = fit_pca(feats, args.pca_dim, args.pca_whiten, seed=max(args.seed, 0)), folder / "pca.npz"
         pca.save(path)
         logging.info(f"PCA saved to {path}; reuse it with --pca_file {path}")

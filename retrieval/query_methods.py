@@ -10,7 +10,7 @@ Everything wraps the model (nn.Modules) or the search step, so `evaluation.extra
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -23,7 +23,7 @@ from torch.utils import data
 
 from commons import UserError
 from dataio.images import normalize, open_image
-from retrieval.evaluation import EvalResult, evaluate_descriptors, extract_features, test
+from retrieval.evaluation import EvalResult, InferenceConfig, evaluate_descriptors, extract_features, test
 from retrieval.indexing import search
 
 VOTING_DEPTHS = (1, 5, 10)  # maj_voting: votes counted among each crop's top-1, top-5 and top-10
@@ -193,24 +193,21 @@ class QueryImages(data.Dataset):
 
 
 def run_test_method(model: nn.Module, dataset, method: str, size: tuple[int, int], recall_values: Sequence[int],
-                     batch_size: int, num_workers: int, device: str, precision: str = "fp32",
-                     index_kind: str = "flat", majority_weight: float = 0.01,
-                     max_k: int | None = None) -> EvalResult:
+                    cfg: InferenceConfig, majority_weight: float = 0.01, max_k: int | None = None) -> EvalResult:
     """recall@N of `model` on `dataset` (database hard-resized to `size`) with queries processed by `method`."""
     if method not in TEST_METHODS:
         raise UserError(f"unknown test method {method!r}; choose one of {', '.join(TEST_METHODS)}")
     if method == "hard_resize":
-        return test(model, dataset, recall_values, batch_size, num_workers, device, precision, index_kind, max_k)
+        return test(model, dataset, recall_values, cfg, max_k)
     tm = TEST_METHODS[method]
-    db = extract_features(model, dataset, range(dataset.database_num), batch_size, num_workers, device,
-                          precision, desc="encoding database")
+    db = extract_features(model, dataset, range(dataset.database_num), cfg, desc="encoding database")
     encoder = CropsEncoder(model, tm.crops, tm.merge == "mean") if tm.crops > 1 else model
     queries = extract_features(encoder, QueryImages(dataset, tm.transform(tuple(size))), range(dataset.queries_num),
-                               1 if tm.one_by_one else batch_size, num_workers, device, precision,
+                               replace(cfg, batch_size=1) if tm.one_by_one else cfg,
                                desc=f"encoding queries ({method})")
     search_fn = search
     if tm.merge in ("nearest", "voting"):
         search_fn = crops_search(tm.crops, majority_weight if tm.merge == "voting" else None)
-    result = evaluate_descriptors(db, queries, dataset, recall_values, index_kind, max_k, search_fn=search_fn)
+    result = evaluate_descriptors(db, queries, dataset, recall_values, cfg.index, max_k, search_fn=search_fn)
     result.info["test_method"] = method
     return result

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 import eval as eval_cli
 from retrieval import evaluation
+from retrieval.evaluation import InferenceConfig
 import train
+from training import initialization
 from commons import make_deterministic
 from datasets_ws import BaseDataset, TripletsDataset
 from network import build_model, initialize_aggregation
@@ -45,11 +46,11 @@ def untrained_recalls(args) -> dict[int, float]:
     ds = TripletsDataset(args.datasets_folder, args.dataset_name, "train", tuple(args.resize),
                          args.val_positive_dist_threshold, args.train_positives_dist_threshold)
     model = build_model(args)
-    if train.init_weights(model, args):  # NetVLAD k-means, consuming the RNG as train.py does
-        train.init_aggregation(model, ds, args, "cpu")
+    if initialization.init_weights(model, args):  # NetVLAD k-means, consuming the RNG as train.py does
+        initialization.init_aggregation(model, ds, args, "cpu")
     test_ds = BaseDataset(args.datasets_folder, args.dataset_name, "test", tuple(args.resize),
                           args.val_positive_dist_threshold)
-    return evaluation.test(model, test_ds, args.recall_values, args.infer_batch_size, 0, "cpu").recalls
+    return evaluation.test(model, test_ds, args.recall_values, InferenceConfig(args.infer_batch_size)).recalls
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -80,18 +81,17 @@ def test_training_beats_the_untrained_model(e2e_world: Path, tmp_path: Path, mon
 
 def test_netvlad_init_is_seeded(monkeypatch) -> None:
     """initialize_aggregation passes its seed to the k-means; the same seed gives the same centroids."""
-    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(TensorDataset(images, torch.arange(6)), batch_size=3)
+    batches = list(torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)).split(3))  # model inputs
 
     def centroids(seed: int) -> np.ndarray:
         torch.manual_seed(0)
         model = build_model({"aggregation": "netvlad", "netvlad_clusters": 4})
-        initialize_aggregation(model, loader, "cpu", seed=seed)
+        initialize_aggregation(model, batches, seed=seed)
         return model.aggregation.centroids.detach().numpy().copy()
 
     np.testing.assert_array_equal(centroids(3), centroids(3))
     seen = {}
     model = build_model({"aggregation": "netvlad", "netvlad_clusters": 4})
     monkeypatch.setattr(model.aggregation, "init_params", lambda d, niter=100, seed=0, ratio=100.0: seen.update(seed=seed))
-    initialize_aggregation(model, loader, "cpu", seed=7)
+    initialize_aggregation(model, batches, seed=7)
     assert seen == {"seed": 7}

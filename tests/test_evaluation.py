@@ -12,7 +12,8 @@ from torch import nn
 from helpers import write_image
 from datasets_ws import BaseDataset, radius_neighbors
 from retrieval import evaluation
-from retrieval.evaluation import evaluate_descriptors, extract_features, hits_matrix, recalls_from_hits
+from retrieval.evaluation import (InferenceConfig, evaluate_descriptors, extract_features, hits_matrix,
+                                  recalls_from_hits)
 from dataio.images import normalize
 
 # Database on a line every 100 m; query 2 is 700 m from everything (no positive: always a failure).
@@ -82,7 +83,7 @@ def test_full_test_loop_on_images(tmp_path: Path) -> None:
     write_image(base / "queries" / "@201.0@0.0@1@.jpg", 8, (10, 190, 0))
     ds = BaseDataset(tmp_path, "toy", "test", resize=(8, 8))
     np.testing.assert_allclose(ds.queries_utms, [[1.0, 0.0], [201.0, 0.0]])
-    result = evaluation.test(MeanColour(), ds, [1, 3], batch_size=2, num_workers=0, device="cpu")
+    result = evaluation.test(MeanColour(), ds, [1, 3], InferenceConfig(batch_size=2))
     assert result.predictions[:, 0].tolist() == [0, 1]
     assert result.recalls == {1: 50.0, 3: 100.0}
 
@@ -90,7 +91,7 @@ def test_full_test_loop_on_images(tmp_path: Path) -> None:
 def test_extract_features_keeps_the_order_of_indices(tiny_world: Path) -> None:
     ds = BaseDataset(tiny_world, "synthetic", "val", resize=(32, 32))
     indices = [7, 2, ds.database_num + 3, 0, 5]
-    feats = extract_features(MeanColour(), ds, indices, batch_size=2, num_workers=0, device="cpu")
+    feats = extract_features(MeanColour(), ds, indices, InferenceConfig(batch_size=2))
     ref = torch.stack([normalize(ds.load_uint8(i)).mean(dim=(1, 2)) for i in indices]).numpy()
     assert feats.shape == (5, 3) and feats.dtype == np.float32
     np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ from localization.geo import check_zone, latlon_to_utm, parse_zone, positions_of
 from localization.html import write_html
 from localization.index import IndexKey, open_index
 from localization.photos import Encoder
+from retrieval.evaluation import InferenceConfig
 
 # (lat, lon) -> (zone, easting, northing). The CN Tower is the worked example of Wikipedia's "Universal Transverse
 # Mercator coordinate system" article (43°38′33.24″N 79°23′13.7″W: 17T 630084 4833438, rounded to the metre);
@@ -159,7 +160,7 @@ def test_ivfpq_index_appends_then_rebuilds(tiny_world: Path, tmp_path: Path) -> 
     db, folder = tmp_path / "db", tmp_path / "index"
     shutil.copytree(tiny_world / "synthetic/images/test/database", db)
     pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())  # B×3×32×32 -> B×48
-    encoder = Encoder(pool, (32, 32), 64, 0, "cpu", "fp32")
+    encoder = Encoder(pool, (32, 32), InferenceConfig(64))
     key = IndexKey("pool", "0" * 64, (32, 32))
     open_db = lambda: open_index(folder, db, key, "ivfpq", encoder, None, False)  # noqa: E731
     first = open_db()

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from datasets_ws import TripletsDataset
-from retrieval.evaluation import extract_features
-from training.mining import MINERS, MiningContext, pad_ragged
+from retrieval.evaluation import InferenceConfig, encoder, extract_features
+from training.mining import MINERS, MiningContext, MiningSettings, pad_ragged
 from network import build_model
 
 K = 4
@@ -34,11 +33,10 @@ def feats(train_ds: TripletsDataset) -> np.ndarray:
 
 def make_ctx(ds: TripletsDataset, feats: np.ndarray | None, neg_samples_num: int = ALL_CANDIDATES,
              model=None) -> MiningContext:
-    args = SimpleNamespace(negs_num_per_query=K, neg_samples_num=neg_samples_num, infer_batch_size=64,
-                           num_workers=0, precision="fp32")
     cache = np.full((len(ds.queries_paths), K), -1, dtype=np.int64)
-    encode = None if feats is None else (lambda idx, desc: feats[np.asarray(idx)])
-    return MiningContext(model, ds, args, "cpu", cache, encode=encode)
+    encode = (encoder(model, ds.as_images(), InferenceConfig(64)) if feats is None
+              else (lambda idx, desc: feats[np.asarray(idx)]))
+    return MiningContext.create(encode, ds, MiningSettings("full", K, neg_samples_num), cache)
 
 
 def reference(ds: TripletsDataset, feats: np.ndarray, q: int) -> tuple[int, set[int]]:
@@ -132,7 +130,8 @@ def test_full_with_a_real_model(train_ds) -> None:
     query_ids = np.arange(8)
     triplets = MINERS["full"](ctx, query_ids)
     check_constraints(train_ds, triplets, query_ids)
-    all_feats = extract_features(model, train_ds.as_images(), range(len(train_ds.images_paths)), 64, 0, "cpu")
+    all_feats = extract_features(model, train_ds.as_images(), range(len(train_ds.images_paths)),
+                                 InferenceConfig(64))
     for row in triplets:
         pos, negs = reference(train_ds, all_feats, row[0])
         assert row[1] == pos and set(row[2:].tolist()) == negs

@@ -9,6 +9,7 @@ from PIL import Image
 import eval as eval_cli
 from commons import UserError
 from retrieval import evaluation
+from retrieval.evaluation import InferenceConfig
 from datasets_ws import BaseDataset
 from network import build_model
 from retrieval.query_methods import (TEST_METHODS, Ensemble, MultiScale, central_crop, five_crops, hard_resize,
@@ -97,9 +98,9 @@ def test_every_test_method_on_native_size_images(tiny_world) -> None:
     torch.manual_seed(0)
     model = build_model(ARCH).eval()
     ds = BaseDataset(tiny_world, "synthetic", "test", (32, 32))
-    ref = evaluation.test(model, ds, [1, 5, 10], 64, 0, "cpu")
+    ref = evaluation.test(model, ds, [1, 5, 10], InferenceConfig(64))
     for method in TEST_METHODS:
-        res = run_test_method(model, ds, method, (32, 32), [1, 5, 10], 64, 0, "cpu")
+        res = run_test_method(model, ds, method, (32, 32), [1, 5, 10], InferenceConfig(64))
         assert res.recalls == ref.recalls, method
         assert np.array_equal(res.predictions, ref.predictions), method
 

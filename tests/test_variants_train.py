@@ -7,11 +7,13 @@ import torch
 
 from model import backbones
 import train
+from training import initialization
 from commons import UserError
 from conftest import tiny_train_flags
 from dataio.images import to_input
 from training.losses import criterion_from_args
-from training.mining import MINERS, MiningContext
+from retrieval.evaluation import InferenceConfig, encoder
+from training.mining import MiningContext, MiningSettings
 from network import build_model
 from parser import parse_train_args
 from util import save_checkpoint
@@ -37,9 +39,10 @@ def loss_before_after(flags: list[str], passes: int = 3) -> tuple[float, float]:
     inputs = train.load_inputs(args, "cpu")
     ds, model, optimizer = inputs.ds, inputs.model, inputs.optimizer
     if inputs.needs_kmeans:
-        train.init_aggregation(model, ds, args, "cpu")
-    ctx = MiningContext(model, ds, args, "cpu", inputs.neg_cache)
-    triplets = MINERS[args.mining](ctx, np.arange(4))
+        initialization.init_aggregation(model, ds, args, "cpu")
+    ctx = MiningContext.create(encoder(model, ds.as_images(), InferenceConfig.from_args(args, "cpu")), ds,
+                               MiningSettings.from_args(args), inputs.neg_cache)
+    triplets = ctx.mine(np.arange(4))
     criterion = criterion_from_args(args)
     before = fixed_loss(model, ds, triplets, criterion)
     for p in range(passes):

@@ -32,9 +32,9 @@ from tools.benchmarks.limits import DTYPES, LimitSampler, figure, format_table, 
 from tools.benchmarks.workload import TensorTriplets, mining_seconds, search_seconds, write_world
 from commons import CliParser, UserError, autocast, prepare_model, run_cli, tune_allocator, uses_channels_last
 from datasets_ws import BaseDataset, TripletsDataset
-from retrieval.evaluation import extract_features
+from retrieval.evaluation import InferenceConfig, encoder, extract_features
 from training.losses import criterion_from_args
-from training.mining import MiningContext, mine_random
+from training.mining import MiningContext, MiningSettings, mine_random
 from network import build_model
 from training.optim import build_optimizer
 from parser import train_parser
@@ -154,8 +154,8 @@ def extract_run(model, ds, args, device: str, workers: int) -> Callable[[bool], 
     files to descriptors with `workers` loader workers."""
     def run(warmup: bool) -> float:
         n = min(args.infer_batch_size, len(ds)) if warmup else len(ds)
-        return n / timed(lambda: extract_features(model, ds, range(n), args.infer_batch_size, workers, device,
-                                                  args.precision), device)
+        cfg = InferenceConfig(args.infer_batch_size, workers, device, args.precision)
+        return n / timed(lambda: extract_features(model, ds, range(n), cfg), device)
     return run
 
 
@@ -217,7 +217,8 @@ def measure_model(a, agg: str, prec: str, ds, tds, sampler: LimitSampler) -> dic
     cl = uses_channels_last(a.device, prec)
     x = torch.randn(s["batch"], 3, *s["resize"], device=a.device)
     sampler.add_model(prec, model, x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format))
-    ctx = MiningContext(model, tds, args, a.device, np.full((len(tds.queries_paths), s["negs"]), -1))
+    ctx = MiningContext.create(encoder(model, tds.as_images(), InferenceConfig.from_args(args, a.device)), tds,
+                               MiningSettings.from_args(args), np.full((len(tds.queries_paths), s["negs"]), -1))
     pick = lambda n: mine_random(ctx, np.random.randint(0, len(tds.queries_paths), n))  # noqa: E731
     mem = TensorTriplets(torch.randn(2 + s["negs"], 3, *s["resize"]))
     zeros = lambda n: np.zeros((n, 2 + s["negs"]), dtype=np.int64)  # noqa: E731

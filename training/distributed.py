@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from commons import UserError, get_rng_state, set_rng_state
-from retrieval.evaluation import EvalResult, evaluate_descriptors, extract_features
+from retrieval.evaluation import EvalResult, InferenceConfig, evaluate_descriptors, extract_features
 from training.sync_batchnorm import convert_sync_batchnorm
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -135,25 +135,24 @@ def shard(indices: np.ndarray) -> np.ndarray:
     return np.array_split(np.asarray(indices), world_size())[rank()]
 
 
-def sharded_encoder(model: nn.Module, dataset, batch_size: int, num_workers: int, device: str,
-                    precision: str) -> Callable[[np.ndarray, str], np.ndarray]:
+def sharded_encoder(model: nn.Module, dataset, cfg: InferenceConfig) -> Callable[[np.ndarray, str], np.ndarray]:
     """encode(indices, desc) -> N×D: each rank encodes its shard of indices, then all ranks gather all rows."""
     def encode(indices: np.ndarray, desc: str) -> np.ndarray:
         mine = shard(indices)
-        local = (extract_features(model, dataset, mine, batch_size, num_workers, device, precision, desc)
+        local = (extract_features(model, dataset, mine, cfg, desc)
                  if len(mine) else np.zeros((0, 0), dtype=np.float32))
         return all_gather_rows(local)
     return encode
 
 
-def sharded_test(model: nn.Module, dataset, recall_values, batch_size: int, num_workers: int, device: str,
-                 precision: str = "fp32", index_kind: str = "flat", max_k: int | None = None) -> EvalResult:
+def sharded_test(model: nn.Module, dataset, recall_values, cfg: InferenceConfig,
+                 max_k: int | None = None) -> EvalResult:
     """evaluation.test with sharded encoding; rank 0 searches and its result is broadcast, so every rank
     takes the same early-stopping decisions even with a non-deterministic index (hnsw)."""
-    encode = sharded_encoder(model, dataset, batch_size, num_workers, device, precision)
+    encode = sharded_encoder(model, dataset, cfg)
     feats = encode(np.arange(len(dataset)), f"encoding {dataset.split}")
     db = dataset.database_num
-    result = evaluate_descriptors(feats[:db], feats[db:], dataset, recall_values, index_kind, max_k) \
+    result = evaluate_descriptors(feats[:db], feats[db:], dataset, recall_values, cfg.index, max_k) \
         if is_main() else None
     return broadcast_object(result)
 

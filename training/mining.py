@@ -12,8 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from commons import Registry
-from retrieval.evaluation import extract_features
+from commons import Registry, UserError
+from runs import profile
 
 MINERS = Registry("miner")  # fn(ctx: MiningContext, query_ids) -> triplets Q×(2+K), by name (--mining)
 register_miner = MINERS.register
@@ -21,27 +21,49 @@ MAX_CHUNK_ELEMENTS = 1 << 26  # bound on the size of a query-chunk × database s
 DENSE_FACTOR = 16  # a CPU matmul does >16× the multiply-adds per second of a row gather + dot product
 
 
+@dataclass(frozen=True)
+class MiningSettings:
+    """The flags miners read: --mining, --negs_num_per_query, --neg_samples_num, --rolling_period."""
+    miner: str
+    negs_num_per_query: int
+    neg_samples_num: int
+    rolling_period: int = 4
+
+    @classmethod
+    def from_args(cls, args) -> MiningSettings:
+        return cls(args.mining, args.negs_num_per_query, args.neg_samples_num, args.rolling_period)
+
+
 @dataclass
 class MiningContext:
-    """What miners need: model, training dataset, flags, and the persistent negative cache (Q×K, -1 = empty)."""
-    model: torch.nn.Module
+    """What miners need, built once by `MiningContext.create`: the encoder, the training dataset, the settings, the
+    persistent negative cache (Q×K, -1 = empty, updated in place), and what the chosen miner keeps across refreshes."""
+    encode: Callable[[np.ndarray, str], np.ndarray]  # encode(indices, desc) -> N×D, database-then-queries numbering
     dataset: object  # datasets_ws.TripletsDataset
-    args: object
-    device: str
+    settings: MiningSettings
     neg_cache: np.ndarray
-    encode: Callable | None = None  # encode(indices, desc) -> N×D; defaults to extract_features
+    soft_keys: np.ndarray  # see soft_positive_keys
+    positives: np.ndarray  # Q×P train positives, -1 padded
+    rolling_cache: RollingDatabaseCache | None  # miner "rolling" only
+    msls_weights: np.ndarray | None  # miner "msls_weighted" only
 
-    def __post_init__(self) -> None:
-        self.soft_keys = soft_positive_keys(self.dataset)
-        self.positives = pad_ragged(self.dataset.positives_per_query)
+    @classmethod
+    def create(cls, encode: Callable[[np.ndarray, str], np.ndarray], dataset, settings: MiningSettings,
+               neg_cache: np.ndarray) -> MiningContext:
+        """The complete context; encode is evaluation.encoder (one process) or distributed.sharded_encoder."""
+        rolling = (RollingDatabaseCache(dataset.database_num, settings.rolling_period)
+                   if settings.miner == "rolling" else None)
+        weights = msls_query_weights(dataset.queries_paths) if settings.miner == "msls_weighted" else None
+        return cls(encode, dataset, settings, neg_cache, soft_positive_keys(dataset),
+                   pad_ragged(dataset.positives_per_query), rolling, weights)
 
     def features(self, indices: np.ndarray, desc: str) -> torch.Tensor:
         """Descriptors N×D of dataset items (database-then-queries numbering)."""
-        if self.encode is not None:
-            return torch.from_numpy(self.encode(indices, desc))
-        a = self.args
-        return torch.from_numpy(extract_features(self.model, self.dataset.as_images(), indices, a.infer_batch_size,
-                                                 a.num_workers, self.device, a.precision, desc=desc))
+        return torch.from_numpy(self.encode(indices, desc))
+
+    def mine(self, query_ids: np.ndarray) -> np.ndarray:
+        """Triplets T×(2+K) of the chosen miner for these training queries."""
+        return MINERS[self.settings.miner](self, query_ids)
 
 
 def soft_positive_keys(dataset) -> np.ndarray:
@@ -66,6 +88,7 @@ def pad_ragged(lists: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+@profile.timed("search")
 def gathered_distances(q_feats: torch.Tensor, db_feats: torch.Tensor, cand: np.ndarray) -> torch.Tensor:
     """n×C squared L2 distances between each query and its candidate database rows (-1 → +inf).
 
@@ -86,12 +109,13 @@ def gathered_distances(q_feats: torch.Tensor, db_feats: torch.Tensor, cand: np.n
     return out.clamp_(min=0).masked_fill_(~valid, float("inf"))
 
 
+@profile.timed("select")
 def choose_negatives(ctx: MiningContext, query_ids: np.ndarray, cand: np.ndarray, scores: torch.Tensor) -> np.ndarray:
     """The K lowest-score candidates per query, skipping soft positives, duplicates and -1: n×K.
 
     Rows left with fewer than K valid candidates are topped up with random non-positive database images.
     """
-    ds, k = ctx.dataset, ctx.args.negs_num_per_query
+    ds, k = ctx.dataset, ctx.settings.negs_num_per_query
     order = np.argsort(cand, axis=1, kind="stable")
     sorted_c = np.take_along_axis(cand, order, 1)
     dup = np.zeros_like(cand, dtype=bool)
@@ -110,7 +134,6 @@ def random_non_positives(ds, q: int, k: int) -> np.ndarray:
     """k distinct random database indices outside query q's soft positives."""
     allowed = np.setdiff1d(np.arange(ds.database_num), ds.soft_positives_per_query[q])
     if len(allowed) < k:
-        from commons import UserError
         raise UserError(f"query {q} has only {len(allowed)} possible negatives but --negs_num_per_query is {k}; "
                         f"lower --negs_num_per_query or --val_positive_dist_threshold")
     return np.random.choice(allowed, k, replace=False)
@@ -137,7 +160,7 @@ def mine_full(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
 def mine_hardest(ctx: MiningContext, query_ids: np.ndarray, db_feats: torch.Tensor) -> np.ndarray:
     """Encode the sampled queries; nearest positive and hardest negatives against database descriptors
     db_feats (N_db×D) among --neg_samples_num random images plus each query's previous hard negatives."""
-    ds, a = ctx.dataset, ctx.args
+    ds, a = ctx.dataset, ctx.settings
     q_feats = ctx.features(ds.database_num + query_ids, "caching queries")
     positives = nearest_positive(q_feats, db_feats, ctx.positives[query_ids])
     rand = np.random.randint(0, ds.database_num, size=(len(query_ids), a.neg_samples_num))
@@ -151,7 +174,7 @@ def mine_hardest(ctx: MiningContext, query_ids: np.ndarray, db_feats: torch.Tens
 def mine_partial(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
     """Encode only a shared random sample of --neg_samples_num database images (plus the positives);
     hardest negatives among that sample."""
-    ds, a = ctx.dataset, ctx.args
+    ds, a = ctx.dataset, ctx.settings
     sample = np.random.choice(ds.database_num, min(a.neg_samples_num, ds.database_num), replace=False)
     pos = ctx.positives[query_ids]
     needed = np.union1d(sample, pos[pos >= 0])
@@ -168,7 +191,7 @@ def mine_partial(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
 @register_miner("random")
 def mine_random(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
     """No encoding: a random train positive and random non-positive negatives."""
-    ds, a = ctx.dataset, ctx.args
+    ds, a = ctx.dataset, ctx.settings
     pos = ctx.positives[query_ids]
     counts = (pos >= 0).sum(1)
     positives = pos[np.arange(len(pos)), (np.random.rand(len(pos)) * counts).astype(np.int64)]
@@ -191,7 +214,6 @@ def msls_query_weights(paths: list) -> np.ndarray:
     night = np.array([n[0] == "night" for n in notes if len(n) >= 2], dtype=bool)
     sideways = np.array([n[1] == "sideways" for n in notes if len(n) >= 2], dtype=bool)
     if bad is not None or not night.any() or not sideways.any():
-        from commons import UserError
         found = (f"no such note (e.g. {Path(bad).name})" if bad is not None else
                  f"{int(night.sum())} night and {int(sideways.sum())} sideways ones")
         raise UserError(f"--mining msls_weighted oversamples night and sideways queries, read from the MSLS note of "
@@ -206,10 +228,7 @@ def msls_query_weights(paths: list) -> np.ndarray:
 def mine_msls_weighted(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
     """dVGL's msls_weighted: 'partial' mining of as many queries as query_ids, drawn without replacement with
     `msls_query_weights` (night and sideways queries, rare in MSLS, are drawn more often)."""
-    weights = getattr(ctx, "msls_weights", None)
-    if weights is None:
-        weights = ctx.msls_weights = msls_query_weights(ctx.dataset.queries_paths)
-    drawn = np.random.choice(len(weights), len(query_ids), replace=False, p=weights)
+    drawn = np.random.choice(len(ctx.msls_weights), len(query_ids), replace=False, p=ctx.msls_weights)
     return mine_partial(ctx, drawn)
 
 
@@ -242,8 +261,4 @@ def mine_rolling(ctx: MiningContext, query_ids: np.ndarray) -> np.ndarray:
     """As 'full' (hardest of --neg_samples_num random database images plus the query's previous hard negatives),
     but the database descriptors are reused across refreshes: each refresh re-encodes 1/--rolling_period of
     the database (all of it at the first refresh of a run or resume) and the sampled queries."""
-    ds, a = ctx.dataset, ctx.args
-    cache = getattr(ctx, "rolling_cache", None)
-    if cache is None:
-        cache = ctx.rolling_cache = RollingDatabaseCache(ds.database_num, getattr(a, "rolling_period", 4))
-    return mine_hardest(ctx, query_ids, cache.update(ctx))
+    return mine_hardest(ctx, query_ids, ctx.rolling_cache.update(ctx))

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from tools.benchmarks.limits import timed
 from datasets_ws import radius_neighbors
 from retrieval.indexing import build_index, search
-from training.mining import MiningContext, mine_full
+from training.mining import MiningContext, MiningSettings, mine_full
 
 SEARCH_K = 20
 SPACING_M = 30.0  # metres between the benchmark's database images: each query has exactly one positive
@@ -69,7 +69,7 @@ def mining_seconds(dim: int, n_db: int, n_q: int, args) -> float:
         f /= np.linalg.norm(f, axis=1, keepdims=True)
         encode_s += time.perf_counter() - start
         return f
-    ctx = MiningContext(None, ds, args, "cpu", np.full((n_q, args.negs_num_per_query), -1), encode=encode)
+    ctx = MiningContext.create(encode, ds, MiningSettings.from_args(args), np.full((n_q, args.negs_num_per_query), -1))
     mine_full(ctx, query_ids)
     encode_s = 0.0
     return timed(lambda: mine_full(ctx, query_ids), "cpu") - encode_s
