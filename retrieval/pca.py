@@ -17,6 +17,8 @@ from torch import nn
 
 from runs.atomic_files import atomic_write
 from commons import UserError
+from datasets_ws import BaseDataset
+from retrieval.evaluation import InferenceConfig, extract_features
 
 WHITEN_EPS = 1e-9  # variances are clamped below at WHITEN_EPS · largest variance before whitening
 PCA_KEYS = ("mean", "components", "explained_variance", "whiten")
@@ -73,7 +75,7 @@ class PCA:
 
 def fit_pca(descriptors: np.ndarray, dim: int, whiten: bool = False, seed: int = 0) -> PCA:
     """Fit a `dim`-component PCA on descriptors N×D (sklearn picks an exact or randomized solver)."""
-    from sklearn.decomposition import PCA as SkPCA
+    from sklearn.decomposition import PCA as SkPCA  # lazy: start-up time
 
     n, d = descriptors.shape
     if dim > min(n, d):
@@ -109,9 +111,6 @@ def prepare_pca(model: nn.Module, args, folder: Path, device: str) -> tuple[nn.M
 
     Returns the wrapped model (moved to device) and a summary for results.json.
     """
-    from datasets_ws import BaseDataset
-    from retrieval.evaluation import InferenceConfig, extract_features
-
     if args.pca_file:
         pca, path = PCA.load(args.pca_file), Path(args.pca_file)
         if args.pca_dim and args.pca_dim != pca.out_dim:
