@@ -1,23 +1,19 @@
 """The bad invocations of tests/test_bad_input.py, for every command-line tool, and what they need: small inputs,
-bad checkpoints, a full disk (writes of chosen files sent to /dev/full: ENOSPC) and a read-only folder (EROFS)."""
+bad checkpoints, a full disk and a read-only folder (tests/helpers.py), no network."""
 from __future__ import annotations
 
-import builtins
-import errno
-import io
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
+from urllib.error import URLError
 
 import pytest
 import torch
 
-from helpers import write_image
+from helpers import fill_disk, read_only, write_image
 from conftest import tiny_train_flags
 from network import GeoLocalizationNet
 from parser import parse_train_args
@@ -41,8 +37,8 @@ def mini_dataset(e: SimpleNamespace) -> Path:
 
 
 def make_checkpoints(tiny_world: Path, folder: Path) -> dict[str, Path]:
-    """A good checkpoint in a run folder (last and best), and bad ones: truncated, another architecture, a dict that
-    is not a checkpoint, a text file, a missing file."""
+    """A good checkpoint in a run folder (last and best), and bad ones: truncated, another architecture, a tensor of
+    the wrong shape, a dict that is not a checkpoint, a text file, a missing file."""
     run = folder / "run"
     run.mkdir()
     args = parse_train_args(tiny_train_flags(tiny_world, "bad") + ONE_REFRESH)
@@ -50,47 +46,28 @@ def make_checkpoints(tiny_world: Path, folder: Path) -> dict[str, Path]:
     save_checkpoint({"model_state_dict": GeoLocalizationNet().state_dict(), "args": vars(args)}, run, is_best=True)
     (run / "args.json").write_text(json.dumps(vars(args)))
     paths = {"good": run / "best_model.pth", "last": run / "last_model.pth", "truncated": folder / "truncated.pth",
-             "other": folder / "netvlad.pth", "dict": folder / "dict.pth", "text": folder / "notes.pth",
-             "missing": folder / "missing.pth"}
+             "other": folder / "netvlad.pth", "edited": folder / "edited.pth", "dict": folder / "dict.pth",
+             "text": folder / "notes.pth", "missing": folder / "missing.pth"}
     good = paths["good"].read_bytes()
     paths["truncated"].write_bytes(good[: len(good) // 2])
     netvlad = GeoLocalizationNet(aggregation="netvlad", netvlad_clusters=4)
     torch.save({"model_state_dict": netvlad.state_dict(), "args": {"aggregation": "gem"}}, paths["other"])
+    edited = {**netvlad.state_dict(), "aggregation.centroids": torch.zeros(2, 256)}  # 2 clusters, the args say 4
+    torch.save({"model_state_dict": edited, "args": {"aggregation": "netvlad", "netvlad_clusters": 4}}, paths["edited"])
     torch.save({"weights": torch.ones(3)}, paths["dict"])
     paths["text"].write_text("hello\n")
     return paths
 
 
-def fill_disk(mp: pytest.MonkeyPatch, part: str) -> None:
-    """Writes of files whose name contains `part` fail with ENOSPC: atomic writes (tempfile.mkstemp) and open()."""
-    real_mkstemp, real_open = tempfile.mkstemp, builtins.open
+def offline_hub(e: SimpleNamespace, mp: pytest.MonkeyPatch) -> None:
+    """No ImageNet weights cached (an empty TORCH_HOME) and no network (a download fails as offline)."""
+    (e.tmp / "torch_home").mkdir()
+    mp.setenv("TORCH_HOME", str(e.tmp / "torch_home"))
+    mp.setattr(torch.hub, "_hub_dir", None)
 
-    def mkstemp(*args, **kwargs):
-        fd, tmp = real_mkstemp(*args, **kwargs)
-        if part in os.path.basename(tmp):
-            os.close(fd)
-            fd = os.open("/dev/full", os.O_WRONLY)
-        return fd, tmp
-
-    def open_(file, mode="r", *args, **kwargs):
-        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax") and part in os.path.basename(file):
-            real_open(file, "wb").close()  # the file exists, as after a real open; its writer removes it on failure
-            return real_open("/dev/full", mode.replace("x", "w"), *args, **kwargs)
-        return real_open(file, mode, *args, **kwargs)
-
-    for module, name, fake in ((tempfile, "mkstemp", mkstemp), (builtins, "open", open_), (io, "open", open_)):
-        mp.setattr(module, name, fake)
-
-
-def read_only(mp: pytest.MonkeyPatch, under: str) -> None:
-    """os.mkdir below `under` fails with EROFS, as on a read-only file system."""
-    real = os.mkdir
-
-    def mkdir(path, *args, **kwargs):
-        if os.fspath(path).startswith(under):
-            raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
-        return real(path, *args, **kwargs)
-    mp.setattr(os, "mkdir", mkdir)
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+    mp.setattr(torch.hub, "download_url_to_file", offline)
 
 
 def damaged_png(e: SimpleNamespace) -> None:
@@ -119,12 +96,14 @@ def run_folder(e: SimpleNamespace, mp: pytest.MonkeyPatch) -> None:
 @dataclass(frozen=True)
 class Case:
     """A bad invocation: the tool, its arguments (from the test's paths), a text the message must contain, what to
-    prepare first, and what may be left: "nothing" new, or only "complete" files (results written before a failure)."""
+    prepare first, what may be left: "nothing" new, or only "complete" files (results written before a failure), and
+    a path (from the test's paths) the message must name."""
     cli: str
     argv: Callable[[SimpleNamespace], list[str]]
     expect: str
     prepare: Callable[[SimpleNamespace, pytest.MonkeyPatch], None] = lambda e, mp: None
     leaves: str = "nothing"
+    names: Callable[[SimpleNamespace], Path] | None = None
 
 
 def T(*extra: str) -> Callable:
@@ -200,6 +179,8 @@ CASES = {
     "train: init_from missing": Case("train", T("--init_from", "gone.pth"), "gone.pth not found"),
     "train: init_from another model": Case("train", lambda e: T("--init_from", str(e.ck["other"]))(e),
                                            "does not fit this model"),
+    "train: ImageNet weights offline": Case("train", T("--pretrain", "imagenet"), "or pass --pretrain none", offline_hub,
+                                            names=lambda e: e.tmp / "torch_home"),
     "train: split missing": Case("train", TM(), "split 'val' missing",
                                  layout(lambda im: shutil.rmtree(im / "val"))),
     "train: split empty": Case("train", TM(), "no images in the database of",
@@ -224,6 +205,7 @@ CASES = {
     "eval: checkpoint missing": Case("eval", E(ckpt="missing"), "missing.pth not found"),
     "eval: checkpoint truncated": Case("eval", E(ckpt="truncated"), "maybe truncated"),
     "eval: another architecture": Case("eval", E(ckpt="other"), "does not match the model architecture"),
+    "eval: a tensor of the wrong shape": Case("eval", E(ckpt="edited"), "edited.pth does not match the model arch"),
     "eval: not a checkpoint": Case("eval", E(ckpt="dict"), "is not a checkpoint of this toolkit"),
     "eval: text file": Case("eval", E(ckpt="text"), "not a readable checkpoint"),
     "eval: split missing": Case("eval", E("--split", "night"), "split 'night' missing"),

@@ -1,6 +1,12 @@
-"""Helpers shared by the tests: the repository root, tiny training flags, small images, one-line CLI errors."""
+"""Helpers shared by the tests: the repository root, tiny training flags, small images, one-line CLI errors, and a
+simulated full disk (writes sent to /dev/full: ENOSPC) or read-only folder (EROFS)."""
 from __future__ import annotations
 
+import builtins
+import errno
+import io
+import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -25,10 +31,14 @@ def write_image(path: Path, size: int | tuple[int, int] = 16, colour: tuple[int,
     Image.new("RGB", (size, size) if isinstance(size, int) else size, colour).save(path)
 
 
+HEADLINES = {2: "error: ", 130: "interrupted (Ctrl-C)", 143: "terminated (SIGTERM)"}  # commons.run_cli's exit codes
+
+
 def cli_stop(main: Callable[[list[str]], object], argv: list[str], capsys: pytest.CaptureFixture,
              code: int = 2) -> list[str]:
-    """Run main through commons.run_cli, as the scripts do; it must stop with `code` (2: a user error), without a
-    traceback, in one or two lines (the error, and where the run folder is); returns those lines."""
+    """Run main through commons.run_cli, as the scripts do; it must stop with `code` (2: a user error, 130: Ctrl-C),
+    without a traceback, in one line (`error: ...`, or `interrupted (Ctrl-C)`), followed, only where a training run
+    has started, by a second line `run folder: ...`; returns those lines."""
     from commons import run_cli
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
@@ -36,4 +46,37 @@ def cli_stop(main: Callable[[list[str]], object], argv: list[str], capsys: pytes
     out = capsys.readouterr()
     lines = [ln for ln in (line.split("\r")[-1].strip() for line in out.err.split("\n")) if ln]  # \r: progress bars
     assert stop.value.code == code and "Traceback" not in out.err + out.out and 1 <= len(lines) <= 2, out.err
+    assert lines[0].startswith(HEADLINES[code]) and all(ln.startswith("run folder: ") for ln in lines[1:]), out.err
     return lines
+
+
+def fill_disk(mp: pytest.MonkeyPatch, part: str) -> None:
+    """Writes of files whose name contains `part` fail with ENOSPC: atomic writes (tempfile.mkstemp) and open()."""
+    real_mkstemp, real_open = tempfile.mkstemp, builtins.open
+
+    def mkstemp(*args, **kwargs):
+        fd, tmp = real_mkstemp(*args, **kwargs)
+        if part in os.path.basename(tmp):
+            os.close(fd)
+            fd = os.open("/dev/full", os.O_WRONLY)
+        return fd, tmp
+
+    def open_(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax") and part in os.path.basename(file):
+            real_open(file, "wb").close()  # the file exists, as after a real open; its writer removes it on failure
+            return real_open("/dev/full", mode.replace("x", "w"), *args, **kwargs)
+        return real_open(file, mode, *args, **kwargs)
+
+    for module, name, fake in ((tempfile, "mkstemp", mkstemp), (builtins, "open", open_), (io, "open", open_)):
+        mp.setattr(module, name, fake)
+
+
+def read_only(mp: pytest.MonkeyPatch, under: str) -> None:
+    """os.mkdir below `under` fails with EROFS, as on a read-only file system."""
+    real = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if os.fspath(path).startswith(under):
+            raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+        return real(path, *args, **kwargs)
+    mp.setattr(os, "mkdir", mkdir)
