@@ -1,7 +1,6 @@
 """Shared plumbing: user-facing errors and the CLI runner, logging, seeding, allocator tuning, device settings."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import errno
@@ -17,11 +16,8 @@ from typing import Any, Callable, NoReturn
 import numpy as np
 import torch
 
+from cli.errors import CliParser, UserError  # noqa: F401 (re-exported: defined torch-free for parser.py)
 from runs.runlog import log_to_folder, setup_logging  # noqa: F401 (re-exported: the CLIs' logging)
-
-
-class UserError(Exception):
-    """A problem caused by the user's input. Its message is one line: what is wrong and how to fix it."""
 
 
 class Registry(dict):
@@ -46,14 +42,6 @@ class Registry(dict):
 
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM (cluster pre-emption, e.g. SLURM); run_cli handles it like Ctrl-C."""
-
-
-class CliParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one-line UserErrors: the error leads, no usage dump (see run_cli)."""
-
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
-        prog = self.prog if self.prog.startswith("python") else f"python {self.prog}"
-        raise UserError(f"{message}; see {prog} --help")
 
 
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143  # 128 + SIGINT / SIGTERM, as shells report

@@ -8,6 +8,10 @@ weights), as dVGL's eval.py does.
 from __future__ import annotations
 
 from runs import profile  # first: the run's start-up time includes the imports below
+from parser import exit_on_help
+
+if __name__ == "__main__":
+    exit_on_help("eval")  # before the imports below: --help answers without importing torch
 
 import argparse
 import logging

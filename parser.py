@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from commons import CliParser, UserError
-from cli.dvgl_compat import (DVGLArgumentParser, add_common_flags, add_train_flags, crn_net_lr, default_notes,
-                         explicit_dests, ignored_notes, mirror_training_flags, validate_eval, validate_train)
+from cli.augmentation_flags import add_augmentation_args, validate_augmentation_args
+from cli.errors import CliParser, UserError
+from cli.static_names import constant_keys, registered_names
+from cli.dvgl_compat import (TEST_METHODS, DVGLArgumentParser, add_common_flags, add_train_flags, crn_net_lr,
+                             default_notes, explicit_dests, ignored_notes, mirror_training_flags, validate_eval,
+                             validate_train)
 from cli.model_flags import add_arch_args, add_model_args, add_pretrain_arg
-from util import check_resume_compatible, load_checkpoint
 
 
 
@@ -53,9 +56,7 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from training.losses import CRITERIA
-    from training.mining import MINERS
-    from training.optim import OPTIMIZERS, SCHEDULERS
+    names = registered_names()
     g = p.add_argument_group("training")
     g.add_argument("--train_batch_size", type=int, default=4, help="queries per batch")
     g.add_argument("--negs_num_per_query", type=int, default=10)
@@ -64,20 +65,20 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--queries_per_epoch", type=int, default=5000)
     g.add_argument("--epochs_num", type=int, default=1000)
     g.add_argument("--patience", type=int, default=3, help="epochs without R@5 gain before stopping")
-    g.add_argument("--mining", choices=sorted(MINERS), default="full")
-    g.add_argument("--criterion", choices=sorted(CRITERIA), default="triplet")
+    g.add_argument("--mining", choices=names["miner"], default="full")
+    g.add_argument("--criterion", choices=names["criterion"], default="triplet")
     g.add_argument("--margin", type=float, default=None,
                    help="margin of triplet/contrastive; default: the loss's own (triplet 0.1 as dVGL, contrastive 0.5)")
     g.add_argument("--criterion_args", nargs="+", default=[], metavar="KEY=VALUE",
                    help="other settings of the loss, e.g. alpha=2 beta=50 base=0.5 for multi_similarity")
     g.add_argument("--train_positives_dist_threshold", type=float, default=10.0)
-    g.add_argument("--optim", choices=sorted(OPTIMIZERS), default="adam")
+    g.add_argument("--optim", choices=sorted(constant_keys("training.optim", "OPTIMIZERS")), default="adam")
     g.add_argument("--lr", type=float, default=1e-5)
     g.add_argument("--attention_lr", "--lr_crn_layer", dest="attention_lr", type=float, default=None,
                    help="lr of attention layers (CRN, CBAM); --lr_crn_layer: dVGL's name")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight_decay", type=float, default=0.0)
-    g.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="none")
+    g.add_argument("--scheduler", choices=sorted(constant_keys("training.optim", "SCHEDULERS")), default="none")
     g.add_argument("--step_size", type=int, default=5, help="epochs between lr drops (step scheduler)")
     g.add_argument("--gamma", type=float, default=0.5, help="lr factor (step scheduler)")
     g.add_argument("--warmup_epochs", type=float, default=0.0, help="linear lr warm-up length")
@@ -101,7 +102,6 @@ def train_parser() -> argparse.ArgumentParser:
     _runtime_args(p)
     add_model_args(p)
     _train_args(p)
-    from training.augmentations import add_augmentation_args
     add_augmentation_args(p)
     add_train_flags(p)
     add_common_flags(p)
@@ -109,14 +109,13 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _test_variant_args(p: argparse.ArgumentParser) -> None:
-    from retrieval.query_methods import TEST_METHODS
     g = p.add_argument_group("test-time variants (README: Variations beyond the baselines)")
     g.add_argument("--ensemble", choices=["concat", "mean"], default="concat",
                    help="with several --resume: concatenate or average their L2-normalized descriptors")
     g.add_argument("--multiscale", type=float, nargs="+", default=[1.0], metavar="S",
                    help="encode every image at these scales, e.g. 1 0.707 0.5")
     g.add_argument("--multiscale_combine", choices=["mean", "concat"], default="mean")
-    g.add_argument("--test_method", choices=list(TEST_METHODS), default="hard_resize",
+    g.add_argument("--test_method", choices=TEST_METHODS, default="hard_resize",
                    help="how queries are processed (the database is always resized to --test_resize/--resize)")
     g.add_argument("--majority_weight", type=float, default=0.01, help="distance bonus per vote (maj_voting)")
     g.add_argument("--pca_dim", type=int, default=None, help="reduce descriptors with a PCA fitted on --pca_split")
@@ -167,6 +166,13 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
+def exit_on_help(script: str) -> None:
+    """`python train.py --help` / `python eval.py -h`: print the help and exit. The scripts call it before their
+    heavy imports (torch: seconds); the parsers themselves import no torch (cli/static_names.py)."""
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        (train_parser() if script == "train" else eval_parser()).parse_args(["--help"])
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise UserError(msg)
@@ -208,13 +214,12 @@ def validate_train_args(args: argparse.Namespace) -> None:
     _check(args.gem_p > 0, f"--gem_p must be > 0, got {args.gem_p}")
     _check(args.rmac_levels > 0, f"--rmac_levels must be > 0, got {args.rmac_levels}")
     validate_train(args)
+    from model.backbones import input_multiple  # the components import torch: here, not at the top (--help)
     from training.losses import criterion_from_args
-    criterion_from_args(args)  # unknown or malformed loss settings stop here, before anything is read
-    from training.augmentations import validate_augmentation_args
     from training.optim import validate_optim_args
+    criterion_from_args(args)  # unknown or malformed loss settings stop here, before anything is read
     validate_optim_args(args)
     validate_augmentation_args(args)
-    from model.backbones import input_multiple
     m = input_multiple(args.backbone)
     _check(all(v % m == 0 for v in [*args.resize, *(args.test_resize or [])]),
            f"--backbone {args.backbone} needs image sides multiple of {m}; got --resize {args.resize}"
@@ -263,6 +268,7 @@ def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     With --resume, flags not given on the command line take the values stored in the checkpoint, and given flags
     that change the run (all but util.RESUME_SAFE_KEYS) are refused, before anything is written.
     """
+    from util import check_resume_compatible, load_checkpoint  # here: util imports torch, which --help needs not
     p = train_parser()
     args = p.parse_args(argv)
     if args.resume:
@@ -294,7 +300,7 @@ def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resize is None:
         stored = {}
         if args.test_resize is None and args.resume:
-            from util import load_checkpoint
+            from util import load_checkpoint  # here: util imports torch, which --help needs not
             stored = load_checkpoint(args.resume[0])["args"]
         args = _reparse(p, argv, resize=stored.get("resize") or [480, 640], test_resize=stored.get("test_resize"))
     args = _with_device_defaults(p, args, argv)

@@ -5,6 +5,10 @@ Example: python train.py --datasets_folder data --dataset_name pitts30k --aggreg
 from __future__ import annotations
 
 from runs import profile  # first: the run's start-up time includes the imports below
+from parser import exit_on_help
+
+if __name__ == "__main__":
+    exit_on_help("train")  # before the imports below: --help answers without importing torch
 
 import logging
 import math

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from cli.arch import ARCH_DEFAULTS
-from commons import UserError
+from cli.errors import UserError
+from cli.static_names import constant_keys
 
 # dVGL's defaults that differ from this toolkit's (see the README table for why each was kept).
 DVGL_DEFAULTS = {"aggregation": "netvlad", "mining": "partial", "num_workers": 8, "l2": "before_pool"}
@@ -22,6 +23,7 @@ BACKBONE_ALIASES = {f"r{depth}l{layer}": f"resnet{depth}conv{layer + 1}" for dep
 REFUSED_FLAGS = {"--use_netvlad": "--aggregation netvlad", "--use_gem": "--aggregation gem"}
 TRAIN_IGNORED = ("pca_dim", "pca_dataset_folder", "majority_weight", "off_the_shelf")  # eval.py's business
 UNTRAINED_EVAL_USES = ("netvlad_alpha_ratio",)  # train.py flags that eval.py's untrained NetVLAD does use
+TEST_METHODS = constant_keys("retrieval.query_methods", "TEST_METHODS")  # eval.py's --test_method choices
 
 
 def backbone_name(value: str) -> str:
@@ -75,9 +77,8 @@ def add_common_flags(p: argparse.ArgumentParser, pca_folder: bool = False) -> No
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     """dVGL's shared-parser flags that train.py accepts: --test_method (hard_resize only) and --lr_crn_net;
     the PCA and off-the-shelf flags are accepted and ignored, as by dVGL's train.py."""
-    from retrieval.query_methods import TEST_METHODS
     g = p.add_argument_group("VG benchmark (dVGL) flags of eval.py, accepted by train.py")
-    g.add_argument("--test_method", choices=list(TEST_METHODS), default="hard_resize",
+    g.add_argument("--test_method", choices=TEST_METHODS, default="hard_resize",
                    help="the final test always uses hard_resize; other methods: eval.py --test_method")
     g.add_argument("--majority_weight", type=float, default=0.01, help="ignored (eval.py)")
     g.add_argument("--pca_dim", type=int, default=None, help="ignored (eval.py)")

@@ -7,23 +7,21 @@ import argparse
 
 from cli.arch import ARCH_DEFAULTS
 from cli.dvgl_compat import backbone_name
+from cli.static_names import constant_keys, registered_names
 
 
 
 def add_arch_args(g: argparse._ActionsContainer, suppress: bool) -> None:
     """Architecture flags; with suppress (eval.py) they are absent unless given: the checkpoint's architecture, or
     ARCH_DEFAULTS for a fresh model."""
-    from model import aggregations_dvgl  # noqa: F401  (registers rrm, seqpool)
-    from model.aggregations import AGGREGATIONS
-    from model.attention import ATTENTIONS
-    from model.backbones import BACKBONES
+    names = registered_names()  # read from the sources: importing the components would import torch
     d = {k: argparse.SUPPRESS if suppress else v for k, v in ARCH_DEFAULTS.items()}
-    g.add_argument("--backbone", type=backbone_name, choices=sorted(BACKBONES), default=d["backbone"])
-    g.add_argument("--aggregation", choices=sorted(AGGREGATIONS), default=d["aggregation"])
+    g.add_argument("--backbone", type=backbone_name, choices=names["backbone"], default=d["backbone"])
+    g.add_argument("--aggregation", choices=names["aggregation"], default=d["aggregation"])
     g.add_argument("--netvlad_clusters", type=int, default=d["netvlad_clusters"])
     g.add_argument("--fc_output_dim", type=int, default=d["fc_output_dim"], help="optional linear projection + L2")
-    g.add_argument("--attention", choices=sorted(ATTENTIONS), default=d["attention"])
-    g.add_argument("--l2", choices=list(aggregations_dvgl.L2_MODES), default=d["l2"],
+    g.add_argument("--attention", choices=names["attention"], default=d["attention"])
+    g.add_argument("--l2", choices=constant_keys("model.aggregations_dvgl", "L2_MODES"), default=d["l2"],
                    help="mac/spoc/gem/rmac: L2 after pooling, of each local descriptor before it, or none (dVGL)")
     g.add_argument("--gem_p", type=float, default=d["gem_p"], help="GeM's initial exponent p (learned)")
     g.add_argument("--rmac_levels", type=int, default=d["rmac_levels"], help="R-MAC's number of region scales")
@@ -38,8 +36,8 @@ def add_pretrain_arg(g: argparse._ActionsContainer, off_the_shelf: bool = False)
                    default="imagenet", help="starting weights; places/gldv2: files of the VG benchmark authors in "
                                             "data/pretrained_nets/ (README: Coming from the VG benchmark)")
     if off_the_shelf:
-        from model.external_weights import OFF_THE_SHELF
-        g.add_argument("--off_the_shelf", choices=OFF_THE_SHELF, default="imagenet",
+        g.add_argument("--off_the_shelf", choices=constant_keys("model.external_weights", "OFF_THE_SHELF"),
+                       default="imagenet",
                        help="without --resume: the weights of a landmark-retrieval network (dVGL)")
 
 

@@ -46,13 +46,12 @@ def test_run_epoch_sets_every_group_lr_before_each_refresh(monkeypatch, tmp_path
     w1, w2 = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
     optimizer = build_optimizer([{"params": [w1], "lr": 0.1}, {"params": [w2], "lr": 0.02}], args)
     seen = []
-    monkeypatch.setitem(train.MINERS, args.mining, lambda ctx, q: np.zeros((len(q), 3), dtype=np.int64))
     monkeypatch.setattr(train, "train_on_triplets",
                         lambda *a, **k: seen.append([g["lr"] for g in optimizer.param_groups]) or 0.0)
     monkeypatch.setattr(train, "make_checkpoint", lambda *a, **k: {})
     monkeypatch.setattr(train, "save_checkpoint", lambda *a, **k: None)
     state = train.TrainState()
-    ds, ctx = SimpleNamespace(queries_paths=list(range(30))), SimpleNamespace(neg_cache=None)
+    ds, ctx = SimpleNamespace(queries_paths=list(range(30))), SimpleNamespace(neg_cache=None, mine=lambda q: np.zeros((len(q), 3), dtype=np.int64))
     for epoch in range(3):
         state.epoch, state.refresh = epoch, 0
         train.run_epoch(None, ds, optimizer, None, ctx, state, tmp_path, args, "cpu", [0.1, 0.02])
