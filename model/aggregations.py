@@ -3,8 +3,9 @@
 Plain functions (`gem`, `mac`, `spoc`, `rmac`, `netvlad`, ...) hold the math; the nn.Module classes are thin
 wrappers registered in `AGGREGATIONS`. Adding an aggregation is one class plus one `@register_aggregation` line.
 This module holds the global poolings and `build_aggregation`; the registry and base class are in
-model/aggregation_base.py, the NetVLAD family in model/netvlad.py. Importing this module registers every
-aggregation, the VG benchmark's (model/aggregations_dvgl.py) included.
+model/aggregation_base.py, the NetVLAD family in model/netvlad.py. The VG benchmark's extra poolings (rrm, seqpool)
+are in model/aggregations_dvgl.py, built on this module; network.py imports both, so every aggregation is
+registered wherever a model is built.
 """
 from __future__ import annotations
 
@@ -161,6 +162,3 @@ def build_aggregation(name: str, in_dim: int, **opts: object) -> nn.Module:
     kwargs.update({kw: opts[g] for g, kw in getattr(cls, "options", {}).items()
                    if g in opts and opts[g] is not None})
     return cls(in_dim, **kwargs)
-
-
-from model import aggregations_dvgl  # noqa: E402,F401  (registers rrm, seqpool; it imports this module's names back)
