@@ -177,3 +177,30 @@ def test_a_quick_run_fails_when_a_figure_beats_its_limit(tmp_path: Path, monkeyp
     out = capsys.readouterr()
     assert "note: warning: model.gem.fp32 is at" in out.out and out.err.startswith("error: ")
     assert any(n.startswith("warning: ") for n in json.loads((tmp_path / "bench.json").read_text())["notes"])
+
+
+def test_end_to_end_mode_profiles_a_real_epoch_and_estimates_pitts30k(tmp_path: Path, monkeypatch) -> None:
+    """--end_to_end runs train.py in its own process; its table and estimate follow from the stored profile."""
+    from tools.benchmarks import end_to_end
+    monkeypatch.chdir(tmp_path)
+    out = benchmark.main(["--quick", "--end_to_end", "--precisions", "fp32", "--aggregations", "gem",
+                          "--device", "cpu", "--out", "e2e.json"])
+    assert json.loads((tmp_path / "e2e.json").read_text()) == json.loads(json.dumps(out))
+    (run,) = out["end_to_end"]
+    ph, r = run["time_profile"]["phases"], end_to_end.RUN["quick"]
+    rows = {row["phase"]: row for row in run["rows"]}
+    # encoding limit = the phase's images at the in-memory forward rate; training at the in-memory step rate
+    assert rows["mining: encoding"]["images"] == r["database"] + r["queries"]  # full mining: database + queries
+    assert rows["mining: encoding"]["limit_s"] == pytest.approx(ph["mining/encode"]["images"] / run["rates"]["forward"])
+    assert rows["training: compute"]["images"] == r["queries"] * (2 + r["negs"])
+    assert rows["training: compute"]["limit_s"] == pytest.approx(rows["training: compute"]["images"]
+                                                                 / run["rates"]["train"])
+    assert rows["epoch (mining + training)"]["s"] == pytest.approx(ph["mining"]["s"] + ph["training"]["s"])
+    assert rows["whole process"]["s"] >= run["time_profile"]["total_s"]  # the process outlives its profile
+    # Pitts30k, full mining: 5 refreshes × (10000 database + 1000 queries) images at the run's encoding rate
+    full = run["pitts30k"]["full"]
+    encode_rate = ph["mining/encode"]["images"] / ph["mining/encode"]["s"]
+    assert full["cache encoding"] == pytest.approx(5 * 11000 / encode_rate / 60)
+    assert full["training"] == pytest.approx(5000 * 12 / (ph["training/compute"]["images"] / ph["training"]["s"]) / 60)
+    assert run["pitts30k"]["rolling"]["cache encoding"] == pytest.approx((10000 + 4 * 2500 + 5000) / encode_rate / 60)
+    assert full["total"] == pytest.approx(sum(v for k, v in full.items() if k != "total"))

@@ -1,6 +1,6 @@
 """Speed benchmark on the current machine: every figure beside the machine's own limit, measured in the same run.
 
-python -m tools.benchmark [--quick] [--out bench.json] [--device cpu|cuda] [--resize 480 640]
+python -m tools.benchmark [--quick] [--end_to_end] [--out bench.json] [--device cpu|cuda] [--resize 480 640]
 
 Limit of a pass = its FLOPs (FlopCounterMode) / the matmul rate in that precision (the best of a large torch.matmul
 and the same product as a 1×1 convolution, timed in this run). Extraction and training are measured end to end on
@@ -27,16 +27,16 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-import train
+from tools.benchmarks import end_to_end
 from tools.benchmarks.limits import DTYPES, LimitSampler, figure, format_table, machine_info, timed
+from tools.benchmarks.rates import make_model, model_run, train_run
 from tools.benchmarks.workload import TensorTriplets, mining_seconds, search_seconds, write_world
-from commons import CliParser, UserError, autocast, prepare_model, run_cli, tune_allocator, uses_channels_last
+from commons import CliParser, UserError, run_cli, tune_allocator, uses_channels_last
 from datasets_ws import BaseDataset, TripletsDataset
 from retrieval.evaluation import InferenceConfig, encoder, extract_features
 from training.losses import criterion_from_args
 from training.mining import MiningContext, MiningSettings, mine_random
 from network import build_model
-from training.optim import build_optimizer
 from parser import train_parser
 from util import write_json
 
@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags; a.size holds the sizes of the mode with the overrides applied."""
     p = CliParser(prog="python -m tools.benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (CI)")
+    p.add_argument("--end_to_end", action="store_true",
+                   help="instead: a short train.py epoch on a JPEG world, its time profile beside each phase's "
+                        "compute limit, and a Pitts30k-sized epoch estimated (tools/benchmarks/end_to_end.py)")
     p.add_argument("--out", default="bench.json", help="JSON file with all figures")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 480 640")
@@ -92,14 +95,6 @@ def train_args(a: argparse.Namespace, aggregation: str, precision: str, workers:
         str(s["negs"]), "--neg_samples_num", str(s["neg_samples"]), "--infer_batch_size", str(s["batch"])])
 
 
-def make_model(args, device: str) -> torch.nn.Module:
-    """The model of args, the blocks before the last frozen as in a default (ImageNet-initialized) training run."""
-    model = build_model(args)
-    for child in list(model.backbone.children())[:-1]:  # what backbones.build_backbone freezes when pretrained
-        child.requires_grad_(False)
-    return prepare_model(model, device, args.precision)
-
-
 def count_flops(args, images: int, step: bool) -> int:
     """FLOPs of a forward pass over `images` images, or of a training step (forward, loss, backward)."""
     with torch.device("meta"):
@@ -113,40 +108,6 @@ def count_flops(args, images: int, step: bool) -> int:
             feats = model(x).view(args.train_batch_size, -1, model.out_dim)
             criterion_from_args(args)(feats[:, 0], feats[:, 1], feats[:, 2:]).backward()
     return counter.get_total_flops()
-
-
-def train_run(model, ds, make_triplets, args, device: str, s: dict) -> Callable[[bool], float]:
-    """run(warmup) → triplets/s (query × negative pairs) of train.train_on_triplets over s["steps"] steps (1 step
-    when warming up). make_triplets(n) gives n triplets n×(2+K) of ds."""
-    optimizer = build_optimizer(train.param_groups(model, args), args)
-    criterion = criterion_from_args(args)
-
-    def run(warmup: bool) -> float:
-        steps = 1 if warmup else s["steps"]
-        triplets = make_triplets(steps * args.train_batch_size)
-        return steps * args.train_batch_size * args.negs_num_per_query / timed(
-            lambda: train.train_on_triplets(model, ds, triplets, optimizer, criterion, args, device, "benchmark"),
-            device)
-    return run
-
-
-def model_run(model, args, device: str, n: int, channels_last: bool) -> Callable[[bool], float]:
-    """run(warmup) → images/s of the model alone: ceil(n / batch) in-memory batches B×3×H×W in the given memory
-    format (the model's weights must be in the same format), as extract_features' loop runs them."""
-    batch = args.infer_batch_size
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch, 3, *args.resize).contiguous(memory_format=fmt).to(device)
-
-    @torch.no_grad()
-    def forward() -> np.ndarray:
-        with autocast(device, args.precision):
-            return model(x).float().cpu().numpy()
-
-    def run(warmup: bool) -> float:
-        model.eval()
-        batches = 1 if warmup else -(-n // batch)
-        return batches * batch / timed(lambda: [forward() for _ in range(batches)], device)
-    return run
 
 
 def extract_run(model, ds, args, device: str, workers: int) -> Callable[[bool], float]:
@@ -280,6 +241,10 @@ def main(argv: list[str] | None = None) -> dict:
     """Run every measurement, print the table, write the JSON file; returns what the JSON holds."""
     tuned = tune_allocator()
     a = parse_args(argv)
+    if a.end_to_end:
+        result = {"machine": machine_info(a.device, tuned), **end_to_end.main(a)}
+        write_json(Path(a.out), result)
+        return result
     s, notes = a.size, []
     sampler = LimitSampler(a.device, a.precisions, s["matmul_max"], s["matmul_call_s"])
     limits = {"matmul_flops_per_s": {}, "gemm_flops_per_s": sampler.rates, "forward_flops_per_image": {},

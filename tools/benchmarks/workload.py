@@ -20,14 +20,15 @@ SEARCH_K = 20
 SPACING_M = 30.0  # metres between the benchmark's database images: each query has exactly one positive
 
 
-def write_world(root: Path, n_db: int, n_q: int, resize: tuple[int, int]) -> None:
-    """Dataset 'bench' (split train, datasets_vg layout) of JPEGs at resize: crops of a synthetic map."""
+def write_world(root: Path, n_db: int, n_q: int, resize: tuple[int, int], splits: tuple[str, ...] = ("train",)) -> None:
+    """Dataset 'bench' (datasets_vg layout, the given splits) of JPEGs at resize: crops of a synthetic map; query i
+    lies 1 m from database image i, SPACING_M from the others."""
     from tools.synthetic_world import make_map, to_uint8
     h, w = resize
     world = to_uint8(make_map(2 * max(h, w), seed=0)[None])[0].numpy()  # M×M×3 uint8
     rng = np.random.default_rng(0)
-    for kind, n, offset in (("database", n_db, 0.0), ("queries", n_q, 1.0)):
-        folder = root / "bench" / "images" / "train" / kind
+    for split, kind, n, offset in ((sp, *k) for sp in splits for k in (("database", n_db, 0.0), ("queries", n_q, 1.0))):
+        folder = root / "bench" / "images" / split / kind
         folder.mkdir(parents=True)
         for i in range(n):
             y, x = rng.integers(0, world.shape[0] - h + 1), rng.integers(0, world.shape[1] - w + 1)

@@ -1,0 +1,170 @@
+"""End-to-end mode of the benchmark (`python benchmark.py --end_to_end`): a short train.py epoch on a JPEG world, run
+as a user runs it (its own process, full mining, one cache refresh), its time profile (runs/profile.py) beside the
+compute limit of each phase: the phase's images at the model's own in-memory rate, measured in the same run. Then a
+Pitts30k-sized epoch, estimated from the rates the run reached end to end.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from commons import uses_channels_last
+from parser import train_parser
+from tools.benchmarks.rates import make_model, model_run, train_run
+from tools.benchmarks.workload import TensorTriplets, write_world
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = {  # the epoch: `queries` training queries, one refresh, `database` images per split (train, val, test)
+    "full": {"database": 400, "queries": 100, "batch": 16, "train_batch": 4, "negs": 10, "repeats": 3},
+    "quick": {"database": 12, "queries": 4, "batch": 4, "train_batch": 2, "negs": 2, "repeats": 1},
+}
+# Pitts30k (datasets_vg): train 10k database / 7416 queries, val 10k / 7608; dVGL's training defaults.
+PITTS30K = {"database": 10000, "queries_per_epoch": 5000, "refresh": 1000, "val_images": 10000 + 7608,
+            "negs": 10, "neg_samples": 1000, "rolling_period": 4}
+MINING_ENCODED = {  # images a Pitts30k epoch encodes for its mining cache, by --mining (P = PITTS30K)
+    "full": lambda P: P["queries_per_epoch"] // P["refresh"] * (P["database"] + P["refresh"]),
+    # the sample and the queries' positives (counted as one each: a lower bound) and the queries, every refresh
+    "partial": lambda P: P["queries_per_epoch"] // P["refresh"] * (P["neg_samples"] + 2 * P["refresh"]),
+    # the whole database once, then 1/period of it per refresh, plus the queries
+    "rolling": lambda P: P["database"] + (P["queries_per_epoch"] // P["refresh"] - 1) * P["database"]
+    // P["rolling_period"] + P["queries_per_epoch"],
+}
+
+
+def run_flags(world: Path, out: Path, agg: str, precision: str, device: str, resize: tuple, r: dict) -> list[str]:
+    """train.py flags of the measured epoch."""
+    return ["--datasets_folder", str(world), "--dataset_name", "bench", "--resize", *map(str, resize),
+            "--pretrain", "none", "--aggregation", agg, "--precision", precision, "--device", device,
+            "--mining", "full", "--epochs_num", "1", "--queries_per_epoch", str(r["queries"]),
+            "--cache_refresh_rate", str(r["queries"]), "--train_batch_size", str(r["train_batch"]),
+            "--negs_num_per_query", str(r["negs"]), "--neg_samples_num", str(r["database"] - 1),
+            "--infer_batch_size", str(r["batch"]), "--save_dir", str(out),
+            "--recall_values", *(str(n) for n in (1, 5, 10, 20) if n <= r["database"])]
+
+
+def run_epoch(flags: list[str], cwd: Path) -> tuple[dict, float]:
+    """Run train.py in its own process; its results.json and the whole process's wall seconds."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"train.py failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    results = json.loads(next((cwd / "logs").rglob("results.json")).read_text())
+    return results, wall
+
+
+def model_rates(flags: list[str], device: str, r: dict) -> dict[str, float]:
+    """Images/s of the run's model alone, in memory: forward passes (eval) and training steps, best of repeats."""
+    args = train_parser().parse_args([*flags, "--num_workers", "0"])  # in memory: nothing to load
+    torch.manual_seed(0)
+    model = make_model(args, device, freeze=False)  # --pretrain none: every layer trains
+    forward = model_run(model, args, device, 4 * r["batch"], uses_channels_last(device, args.precision))
+    mem = TensorTriplets(torch.randn(2 + r["negs"], 3, *args.resize))
+    steps = {"steps": max(1, r["queries"] // (4 * r["train_batch"]))}
+    zeros = lambda n: np.zeros((n, 2 + r["negs"]), dtype=np.int64)  # noqa: E731
+    step = train_run(model, mem, zeros, args, device, steps)
+    forward(True), step(True)
+    best = {"forward": 0.0, "train": 0.0}
+    for _ in range(r["repeats"]):
+        best["forward"] = max(best["forward"], forward(False))
+        best["train"] = max(best["train"], step(False) * (2 + r["negs"]) / r["negs"])  # pairs/s → images/s
+    return best
+
+
+def phase_rows(profile: dict, rates: dict[str, float], wall: float) -> list[dict]:
+    """One row per top-level phase (encoding sub-phases named), with its compute limit where it has one."""
+    ph = profile["phases"]
+    limit = {"encode": rates["forward"], "compute": rates["train"]}
+
+    def row(name: str, keys: list[str], kind: str | None = None) -> dict:
+        s = sum(ph.get(k, {}).get("s", 0.0) for k in keys)
+        images = sum(ph.get(k, {}).get("images", 0) for k in keys)
+        return {"phase": name, "s": s, "limit_s": images / limit[kind] if kind else None, "images": images}
+    rows = [row("startup (imports, scan, checks, model)", ["startup"]),
+            row("mining: encoding", ["mining/encode"], "encode"),
+            row("mining: search + selection", ["mining/search", "mining/select"]),
+            row("training: waiting for data", ["training/data"]),
+            row("training: compute", ["training/compute"], "compute"),
+            row("validation: encoding", ["validation/encode"], "encode"),
+            row("test: encoding", ["test/encode"], "encode"),
+            row("searches (validation, test)", ["validation/search", "test/search"]),
+            row("checkpoints and plots", ["checkpoint", "plots"])]
+    epoch_keys = [k for k in ("mining", "training") if k in ph]
+    epoch_limit = sum(r["limit_s"] for r in rows if r["phase"].startswith(("mining", "training")) and r["limit_s"])
+    rows.append({"phase": "epoch (mining + training)", "s": sum(ph[k]["s"] for k in epoch_keys),
+                 "limit_s": epoch_limit, "images": None})
+    rows.append({"phase": "whole process", "s": wall, "limit_s": sum(r["limit_s"] or 0 for r in rows[:-1]),
+                 "images": None})
+    return rows
+
+
+def pitts30k_estimate(profile: dict, mined_queries: int) -> dict[str, dict[str, float]]:
+    """Minutes per phase of a Pitts30k-sized epoch per --mining, at the run's end-to-end rates (decoding included);
+    search and selection scale with the queries mined."""
+    ph = profile["phases"]
+    encode = ph["mining/encode"]["images"] / ph["mining/encode"]["s"]
+    validate = ph["validation/encode"]["images"] / ph["validation/encode"]["s"]
+    train_rate = ph["training/compute"]["images"] / ph["training"]["s"]  # waiting for data included
+    per_query = sum(ph.get(k, {}).get("s", 0.0) for k in ("mining/search", "mining/select")) / mined_queries
+    P, out = PITTS30K, {}
+    for mining, encoded in MINING_ENCODED.items():
+        parts = {"cache encoding": encoded(P) / encode, "search + selection": per_query * P["queries_per_epoch"],
+                 "training": P["queries_per_epoch"] * (2 + P["negs"]) / train_rate,
+                 "validation": P["val_images"] / validate}
+        out[mining] = {k: v / 60 for k, v in parts.items()} | {"total": sum(parts.values()) / 60}
+    return out
+
+
+def format_report(runs: list[dict]) -> str:
+    """The tables: each run's phases beside their limits, then the Pitts30k estimates."""
+    lines = []
+    for run in runs:
+        lines += [f"\n{run['title']}", f"{'phase':<40} {'measured s':>10} {'limit s':>9} {'ratio':>6}"]
+        for r in run["rows"]:
+            lim = f"{r['limit_s']:9.2f} {r['s'] / r['limit_s']:6.2f}" if r["limit_s"] else f"{'':>9} {'':>6}"
+            lines.append(f"{r['phase']:<40} {r['s']:10.2f} {lim}")
+        lines += [f"model alone, in memory: forward {run['rates']['forward']:.1f} img/s, training step "
+                  f"{run['rates']['train']:.1f} img/s",
+                  "Pitts30k-sized epoch (5000 queries, refresh every 1000; validation 10k + 7.6k images), minutes:",
+                  f"{'mining':<9}" + "".join(f"{k:>20}" for k in next(iter(run["pitts30k"].values())))]
+        for mining, parts in run["pitts30k"].items():
+            top = max((k for k in parts if k != "total"), key=parts.get)
+            lines.append(f"{mining:<9}" + "".join(f"{v:20.1f}" for v in parts.values()) + f"   (most: {top})")
+    lines.append("partial: the queries' positives counted as one image each (a lower bound)")
+    return "\n".join(lines)
+
+
+def main(a) -> dict:
+    """Every aggregation × precision of the benchmark's flags (a: tools.benchmark.parse_args): the epoch, the model's
+    own rates, the phase table and the estimate. Returns what --out receives."""
+    r = RUN["quick" if a.quick else "full"]
+    resize = tuple(a.resize or ((32, 32) if a.quick else (480, 640)))
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="vg_e2e_") as tmp:
+        world = Path(tmp) / "world"
+        write_world(world, r["database"], r["queries"], resize, splits=("train", "val", "test"))
+        for agg in a.aggregations:
+            for precision in a.precisions:
+                cwd = Path(tmp) / f"{agg}_{precision}"
+                cwd.mkdir()
+                flags = run_flags(world, Path("e2e"), agg, precision, a.device, resize, r)
+                results, wall = run_epoch(flags, cwd)
+                with contextlib.redirect_stderr(io.StringIO()):  # the training steps' progress bars
+                    rates = model_rates(flags, a.device, r)
+                prof = results["time_profile"]
+                runs.append({"title": f"train.py, 1 epoch of {r['queries']} queries, full mining, {agg}, {precision}, "
+                                      f"{resize[0]}×{resize[1]}, {r['database']} database images per split, "
+                                      f"{a.device}: whole process {wall:.1f} s",
+                             "flags": flags, "rows": phase_rows(prof, rates, wall), "rates": rates,
+                             "time_profile": prof, "pitts30k": pitts30k_estimate(prof, r["queries"])})
+    print(format_report(runs))
+    return {"end_to_end": runs}
