@@ -10,6 +10,7 @@ import random
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -219,7 +220,6 @@ def bf16_speedup(device: str, repeats: int = 5) -> float:
     """fp32 time / bf16 time of one ResNet-18 layer3 convolution (3×3, 256 channels, a 4×256×30×40 input in
     channels_last, as at 480×640), best of `repeats` each, measured now (with its own random generator: the
     run's random state is left alone)."""
-    import time
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 256, 30, 40, generator=g).to(device).contiguous(memory_format=torch.channels_last)
     w = (torch.randn(256, 256, 3, 3, generator=g) / 48).to(device).contiguous(memory_format=torch.channels_last)

@@ -24,6 +24,7 @@ REFUSED_FLAGS = {"--use_netvlad": "--aggregation netvlad", "--use_gem": "--aggre
 TRAIN_IGNORED = ("pca_dim", "pca_dataset_folder", "majority_weight", "off_the_shelf")  # eval.py's business
 UNTRAINED_EVAL_USES = ("netvlad_alpha_ratio",)  # train.py flags that eval.py's untrained NetVLAD does use
 TEST_METHODS = constant_keys("retrieval.query_methods", "TEST_METHODS")  # eval.py's --test_method choices
+SHALLOW_AGGREGATIONS = constant_keys("model.aggregations_dvgl", "SHALLOW_AGGREGATIONS")  # those --l2 applies to
 
 
 def backbone_name(value: str) -> str:
@@ -131,7 +132,7 @@ def _check(cond: bool, msg: str) -> None:
 
 def validate_train(args: argparse.Namespace) -> None:
     """train.py checks of the dVGL flags (before anything is written)."""
-    from model import external_weights
+    from model import external_weights  # here, not at the top: it imports torch, which --help needs not
     m = args.test_method
     _check(m == "hard_resize", f"train.py tests its best model with hard_resize; for --test_method {m}, evaluate it "
                                f"after training: eval.py --resume logs/{args.save_dir}/<run>/best_model.pth "
@@ -148,7 +149,7 @@ def validate_train(args: argparse.Namespace) -> None:
 
 def validate_architecture(arch: dict) -> None:
     """--trunc_te / --freeze_te checks on the effective architecture flags (train.py, and eval.py's fresh model)."""
-    from model.backbones import TRANSFORMER_BACKBONES
+    from model.backbones import TRANSFORMER_BACKBONES  # here: filled as backbones register (torch)
     trunc, freeze = arch.get("trunc_te"), arch.get("freeze_te")
     _check(trunc is None or trunc >= 1, f"--trunc_te {trunc} would keep no transformer block (dVGL ignores 0); "
                                         f"omit --trunc_te to keep them all")
@@ -161,7 +162,7 @@ def validate_architecture(arch: dict) -> None:
 def validate_eval(args: argparse.Namespace) -> None:
     """eval.py checks of the dVGL flags: off-the-shelf and other-source weights exist, --pca_dataset_folder maps."""
     from model import external_weights
-    arch = {k: getattr(args, k, d) for k, d in ARCH_DEFAULTS.items()}
+    arch = {k: getattr(args, k, d) for k, d in ARCH_DEFAULTS.items()}  # external_weights: torch, so here
     if not args.resume:
         validate_architecture(arch)
     if args.off_the_shelf != "imagenet":
@@ -183,7 +184,6 @@ def validate_eval(args: argparse.Namespace) -> None:
 
 def default_notes(script: str, args: argparse.Namespace, given: set[str], device: str) -> list[str]:
     """One line per default in effect that differs from dVGL's and was not set on the command line."""
-    from model.aggregations_dvgl import SHALLOW_AGGREGATIONS
     if script == "train" and args.resume:  # the flags are the stored run's
         return []
     fresh = not args.resume
