@@ -141,11 +141,13 @@ def untrained_model(args, ds: BaseDataset, device: str) -> torch.nn.Module:
 def load_inputs(args, device: str) -> tuple[BaseDataset, list[torch.nn.Module]]:
     """The dataset and the --resume models (or the untrained one), checked (with --pca_file or --pca_split) before
     the run folder exists."""
-    ds = BaseDataset(args.datasets_folder, args.dataset_name, args.split, tuple(args.test_resize or args.resize),
-                     args.val_positive_dist_threshold, args.skip_corrupt)
+    with profile.phase("datasets"):  # file names and image checks
+        ds = BaseDataset(args.datasets_folder, args.dataset_name, args.split, tuple(args.test_resize or args.resize),
+                         args.val_positive_dist_threshold, args.skip_corrupt)
     check_recall_values(args.recall_values, [ds])
-    models = [load_trained_model(path, device, args.precision, args) for path in args.resume or []]
-    models = models or [untrained_model(args, ds, device)]
+    with profile.phase("model"):
+        models = [load_trained_model(path, device, args.precision, args) for path in args.resume or []]
+        models = models or [untrained_model(args, ds, device)]
     if args.pca_file:
         PCA.load(args.pca_file)
     elif args.pca_dim:

@@ -200,15 +200,17 @@ def load_inputs(args, device: str) -> RunInputs:
     or --init_from when given. Every input is read and checked here, before the run folder is created."""
     ckpt = load_checkpoint(args.resume) if args.resume else None  # its args were checked by parse_train_args
     where, test_size = (args.datasets_folder, args.dataset_name), tuple(args.test_resize or args.resize)
-    ds, val_ds, test_ds = build_all(  # unreadable images of all three splits are reported together, before training
-        lambda: TripletsDataset(*where, "train", tuple(args.resize), args.val_positive_dist_threshold,
-                                args.train_positives_dist_threshold, build_augmentation(args), args.skip_corrupt),
-        lambda: BaseDataset(*where, "val", test_size, args.val_positive_dist_threshold, args.skip_corrupt),
-        lambda: BaseDataset(*where, "test", test_size, args.val_positive_dist_threshold, args.skip_corrupt))
+    with profile.phase("datasets"):  # file names, image checks; unreadable images of all splits reported together
+        ds, val_ds, test_ds = build_all(
+            lambda: TripletsDataset(*where, "train", tuple(args.resize), args.val_positive_dist_threshold,
+                                    args.train_positives_dist_threshold, build_augmentation(args), args.skip_corrupt),
+            lambda: BaseDataset(*where, "val", test_size, args.val_positive_dist_threshold, args.skip_corrupt),
+            lambda: BaseDataset(*where, "test", test_size, args.val_positive_dist_threshold, args.skip_corrupt))
     check_recall_values(args.recall_values, (val_ds, test_ds))
     logging.info(f"train: {ds}; val: {val_ds}")
-    model = prepare_model(build_model(args, pretrained=args.pretrain != "none" and ckpt is None),
-                          device, args.precision)
+    with profile.phase("model"):
+        model = prepare_model(build_model(args, pretrained=args.pretrain != "none" and ckpt is None),
+                              device, args.precision)
     optimizer = build_optimizer(param_groups(model, args), args)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     state = TrainState()

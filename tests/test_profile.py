@@ -104,7 +104,7 @@ def test_train_and_eval_store_a_consistent_profile(tiny_world: Path, tmp_path: P
     top = sum(p["s"] for k, p in ph.items() if "/" not in k)
     assert top + prof["unaccounted_s"] == pytest.approx(prof["total_s"], abs=2e-3)
     children_within_parents(ph)
-    for name in ["startup", "mining", "mining/encode", "mining/encode/data", "mining/encode/forward",
+    for name in ["startup", "datasets", "model", "mining", "mining/encode", "mining/encode/data", "mining/encode/forward",
                  "mining/search", "mining/select", "training/data", "training/compute", "validation/encode",
                  "validation/search", "test/encode", "checkpoint"]:
         assert name in ph, name
@@ -120,6 +120,6 @@ def test_train_and_eval_store_a_consistent_profile(tiny_world: Path, tmp_path: P
     evaluated = eval_cli.main(["--datasets_folder", str(tiny_world), "--dataset_name", "synthetic", "--resume",
                                results["test"]["checkpoint"], "--device", "cpu", "--save_dir", "prof_eval"])
     ph = evaluated["time_profile"]["phases"]
-    assert {"startup", "test", "test/encode", "test/search", "pictures"} <= set(ph)
+    assert {"startup", "datasets", "model", "test", "test/encode", "test/search", "pictures"} <= set(ph)
     assert ph["test/encode"]["images"] == len(test)
     children_within_parents(ph)
