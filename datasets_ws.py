@@ -17,7 +17,8 @@ import torch.utils.data as data
 from commons import UserError
 from dataio.dataset_files import (IMAGE_EXTENSIONS, MAX_LISTED, UnreadableImagesError, build_all,  # noqa: F401 (API)
                            drop_unreadable, list_images, report_duplicates)
-from dataio.images import build_resize, open_image
+from dataio.images import build_resize, load_image
+from dataio.pixel_cache import PixelCache
 
 DATABASE_FOLDER_NAMES = ("database", "gallery")
 
@@ -111,7 +112,9 @@ class BaseDataset(data.Dataset):
 
     def __init__(self, datasets_folder: str | None, dataset_name: str, split: str,
                  resize: tuple[int, int] = (480, 640), val_positive_dist_threshold: float = 25.0,
-                 skip_corrupt: bool = False):
+                 skip_corrupt: bool = False, pixel_cache: str | Path | None = None):
+        """pixel_cache: a folder for the decoded-pixel cache (dataio/pixel_cache.py) of this split's images at
+        `resize`, built here when missing or stale; None decodes every image each time it is read."""
         super().__init__()
         self.dataset_name, self.split = dataset_name, split
         folder = split_folder(datasets_folder, dataset_name, split)
@@ -131,6 +134,12 @@ class BaseDataset(data.Dataset):
         self.images_paths = self.database_paths + self.queries_paths
         self.resize = tuple(resize)
         self.resize_transform = build_resize(self.resize)
+        self.pixel_cache: PixelCache | None = None
+        self.use_pixel_cache(pixel_cache)
+
+    def use_pixel_cache(self, folder: str | Path | None) -> None:
+        """Read images from the pixel cache in folder (built now if needed) from now on; None: decode them."""
+        self.pixel_cache = None if folder is None else PixelCache(self.images_paths, self.resize, folder)
 
     @property
     def database_num(self) -> int:
@@ -141,8 +150,11 @@ class BaseDataset(data.Dataset):
         return len(self.queries_paths)
 
     def load_uint8(self, index: int) -> torch.Tensor:
-        """Image index (database first, then queries) resized, as a uint8 3×H×W tensor."""
-        return self.resize_transform(open_image(self.images_paths[index], self.resize))
+        """Image index (database first, then queries) resized, as a uint8 3×H×W tensor (from the pixel cache when
+        there is one: the same pixels)."""
+        if self.pixel_cache is not None:
+            return self.pixel_cache.read(index)
+        return load_image(self.images_paths[index], self.resize)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """(uint8 image 3×H×W, index); images.to_input normalizes whole batches."""
@@ -183,7 +195,8 @@ class TripletsDataset(BaseDataset):
 
     def __init__(self, datasets_folder: str | None, dataset_name: str, split: str = "train",
                  resize: tuple[int, int] = (480, 640), val_positive_dist_threshold: float = 25.0,
-                 train_positives_dist_threshold: float = 10.0, augmentation=None, skip_corrupt: bool = False):
+                 train_positives_dist_threshold: float = 10.0, augmentation=None, skip_corrupt: bool = False,
+                 pixel_cache: str | Path | None = None):
         super().__init__(datasets_folder, dataset_name, split, resize, val_positive_dist_threshold, skip_corrupt)
         positives = radius_neighbors(self.database_utms, self.queries_utms, train_positives_dist_threshold)
         keep = np.array([len(p) > 0 for p in positives], dtype=bool)
@@ -199,6 +212,7 @@ class TripletsDataset(BaseDataset):
         self.soft_positives_per_query = [s for s, k in zip(self.soft_positives_per_query, keep) if k]
         self.positives_per_query = [p for p, k in zip(positives, keep) if k]
         self.images_paths = self.database_paths + self.queries_paths
+        self.use_pixel_cache(pixel_cache)  # of the images kept; the cache holds them before augmentation
         self.augmentation = augmentation
         self.triplets = np.zeros((0, 2), dtype=np.int64)
 

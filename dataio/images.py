@@ -1,12 +1,17 @@
-"""Image files to tensors: checking and opening with clear errors, JPEG draft decoding, resize, normalization."""
+"""Image files to tensors: checking and opening with clear errors, JPEG decoding (simplejpeg, PIL for the rest) with
+draft scaling, resize, channels-last batches, normalization."""
 from __future__ import annotations
 
+import functools
+import math
 import os
 import re
 from pathlib import Path
 
+import simplejpeg
 import torch
 import torchvision.transforms.v2 as T
+from torch.utils.data import default_collate
 from PIL import Image, UnidentifiedImageError
 
 from commons import UserError, uses_channels_last
@@ -112,10 +117,20 @@ _SHIFT = -torch.tensor(IMAGENET_MEAN).view(3, 1, 1) / torch.tensor(IMAGENET_STD)
 def normalize(image: torch.Tensor) -> torch.Tensor:
     """uint8 image 3×H×W (or B×3×H×W, any memory format, which the result keeps) → float32 (x/255 − mean)/std.
 
-    Same values as ToDtype(scale=True) + Normalize up to rounding, and cheaper: one multiply-add over the pixels
-    instead of a conversion, a division and a normalization.
+    Same values as ToDtype(scale=True) + Normalize up to rounding, and cheaper: a conversion and one multiply-add
+    over the pixels instead of a conversion, a division and a normalization. Channels-last pixels (what decoding
+    and the pixel cache give, and what to_input lays out on a CPU) are taken as rows of W·3 values, multiplied by
+    a row of W·3 factors: a vectorized loop, ~2× faster than broadcasting 3 per-channel factors over an innermost
+    dimension of 3 (tools/benchmarks/decode.py, "to_input").
     """
-    return torch.mul(image, _SCALE.to(image.device)).add_(_SHIFT.to(image.device))
+    x = image.to(torch.float32, copy=True)  # keeps the memory format
+    scale, shift = _SCALE.to(x.device), _SHIFT.to(x.device)
+    last = x.movedim(-3, -1)  # …×H×W×3: a view, contiguous when the channels are innermost in memory
+    if last.is_contiguous() and x.numel():
+        rows = last.view(-1, last.shape[-2] * 3)
+        rows.mul_(scale.view(3).repeat(last.shape[-2])).add_(shift.view(3).repeat(last.shape[-2]))
+        return x
+    return x.mul_(scale).add_(shift)
 
 
 def to_input(images: torch.Tensor, device: str, precision: str) -> torch.Tensor:
@@ -130,6 +145,24 @@ def to_input(images: torch.Tensor, device: str, precision: str) -> torch.Tensor:
     if uses_channels_last(device, precision):
         images = images.contiguous(memory_format=torch.channels_last)
     return normalize(images) if images.dtype == torch.uint8 else images  # keeps the memory format
+
+
+def stack_channels_last(images: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.stack of uint8 images …×3×H×W whose memory is channels last (what decode_rgb, load_image and the
+    pixel cache give): the result is channels_last too, a plain copy. torch.stack (default_collate) would transpose
+    every image to NCHW, which to_input then transposes back: two strided copies per image. out: B×…×H×W×3."""
+    return torch.stack([im.movedim(-3, -1) for im in images], out=out).movedim(-1, -3)
+
+
+def collate_images(batch: list[tuple]) -> list:
+    """DataLoader collate_fn for items (image …×3×H×W, anything): default_collate, but the images are stacked by
+    stack_channels_last (in shared memory inside a loader worker, as default_collate does)."""
+    images, *rest = zip(*batch)
+    out = None
+    if torch.utils.data.get_worker_info() is not None:  # a worker: build the batch in shared memory, no copy later
+        shape = (len(images), *images[0].movedim(-3, -1).shape)
+        out = images[0].new(images[0].untyped_storage()._new_shared(math.prod(shape))).view(shape)
+    return [stack_channels_last(images, out), *(default_collate(list(r)) for r in rest)]
 
 
 DRAFT_MARGIN = 2  # JPEG draft decoding keeps at least this × the target size, so the final resize still antialiases
@@ -154,3 +187,55 @@ def open_image(path: Path, target: tuple[int, int] | None = None) -> Image.Image
         raise ImageReadError(path, f"{type(e).__name__}: {str(e)[:100]}",
                              f"image {path} cannot be decoded ({e}); the file is damaged: replace or delete it"
                              ) from None
+
+
+JPEG_START = b"\xff\xd8"  # SOI: the first bytes of every JPEG file
+
+
+def draft_scale(size: tuple[int, int], target: tuple[int, int] | None) -> int:
+    """The DCT scale (1, 2, 4 or 8) open_image's draft decoding picks for an image of size (H, W) resized to target:
+    PIL's rule, the largest that keeps both sides >= DRAFT_MARGIN × target."""
+    if target is None:
+        return 1
+    fits = min(size[1] // (DRAFT_MARGIN * target[1]), size[0] // (DRAFT_MARGIN * target[0]))
+    return next((s for s in (8, 4, 2, 1) if fits >= s), 1)
+
+
+def _decode_jpeg(data: bytes, target: tuple[int, int] | None) -> torch.Tensor | None:
+    """libjpeg-turbo through simplejpeg: the pixels open_image gives (same library, same IDCT, same draft scale), or
+    None for anything it does not take as is: not a JPEG, CMYK/YCCK, a damaged file (strict: libjpeg's warnings are
+    errors too), above the pixel limit. open_image then decides, with today's results and errors."""
+    if not data.startswith(JPEG_START):
+        return None
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "Gray", "RGB") or h * w > (_pixel_limit_from_env() or _PIL_PIXEL_LIMIT):
+            return None  # PIL converts CMYK its own way, and warns above its guard or refuses with our advice
+        s = draft_scale((h, w), target)
+        size = ((h + s - 1) // s, (w + s - 1) // s)  # PIL's draft size
+        pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=size[0], min_width=size[1], min_factor=s)
+    except ValueError:  # simplejpeg's one error type: unsupported or damaged
+        return None
+    return torch.from_numpy(pixels).permute(2, 0, 1) if pixels.shape[:2] == size else None
+
+
+def decode_rgb(path: Path, target: tuple[int, int] | None = None) -> torch.Tensor:
+    """The pixels of open_image(path, target) as a uint8 tensor 3×h×w (a view of h×w×3 memory, as
+    torchvision's ToImage gives), ~1.5× faster for JPEGs (tools/benchmarks/decode.py): JPEGs are decoded by
+    simplejpeg, anything else (or any JPEG it refuses) by open_image, with its errors."""
+    try:
+        with open(path, "rb") as f:
+            pixels = _decode_jpeg(f.read(), target)
+    except OSError:  # missing, unreadable: open_image's error
+        pixels = None
+    return pixels if pixels is not None else T.functional.pil_to_tensor(open_image(path, target))
+
+
+@functools.lru_cache(maxsize=16)
+def _resize(size: tuple[int, int]) -> T.Compose:
+    return build_resize(size)
+
+
+def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """Image file → uint8 tensor 3×H×W at size (H, W): decode_rgb with draft decoding, then build_resize."""
+    return _resize(tuple(size))(decode_rgb(path, tuple(size)))
