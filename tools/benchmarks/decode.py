@@ -6,13 +6,16 @@ pass they feed (issue 17).
 Writes N JPEGs of H×W (random crops of tools/synthetic_world.py's map, quality 90, PIL's default 4:2:0). Per
 target size, in `repeats` interleaved rounds (medians): each decoder installed, from file to a uint8 3×h×w tensor
 at the target (1 thread, as a dataset item is read), the pixel cache's read (dataio/pixel_cache.py), and the
-forward alone (batch 16 in memory, fp32 and bf16, all threads). share = t / (t + forward) per image: the part of an
+forward alone (batch 16 in memory, fp32 and bf16, --threads). share = t / (t + forward) per image: the part of an
 encode pass (a mining refresh, a test) that is not forward with --num_workers 0. At the first target also the
-whole non-forward part of such a pass (load, collate, to_input; all threads) from each image source.
+whole non-forward part of such a pass (load, collate, to_input; --threads) from each image source, and the pass
+from the pixel cache with glibc's heap kept (mallopt) against its default, where every tensor above 32 MiB (a
+batch's input and activations at 480×640) is mapped fresh and page-faulted in, page by page, on every batch.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import os
 import statistics
@@ -98,16 +101,25 @@ def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
 
+def set_heap(keep: bool) -> None:
+    """glibc's malloc: keep freed memory in the heap (blocks up to 1 GiB from the heap, never trimmed), or its
+    default's steady state (blocks above 32 MiB mapped fresh, each page faulted in on first touch, and unmapped)."""
+    libc, limit = ctypes.CDLL(None), (1 << 30) if keep else (32 << 20)
+    libc.mallopt(-3, limit), libc.mallopt(-1, 2 * limit)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    libc.malloc_trim(0)
+
+
 def old_to_input(images: torch.Tensor, device: str, precision: str) -> torch.Tensor:
     """to_input before issue 17: a channels_last copy, then 3 factors broadcast over an innermost dimension of 3."""
     return torch.mul(images.contiguous(memory_format=torch.channels_last), images_mod._SCALE).add_(images_mod._SHIFT)
 
 
-def measure(paths: list[Path], target: tuple[int, int], repeats: int, cache_dir: Path, encode: bool) -> None:
+def measure(paths: list[Path], target: tuple[int, int], repeats: int, cache_dir: Path, encode: bool,
+            cpus: int) -> None:
     """Print the table of one target size (see the module's doc)."""
     from dataio.pixel_cache import PixelCache
     from model.backbones import build_backbone
-    cands, cpus = decoders(target), os.cpu_count() or 1
+    cands = decoders(target)
     cache, index = PixelCache(paths, target, cache_dir), {p: i for i, p in enumerate(paths)}
     cands["pixel cache (read)"] = lambda p: cache.read(index[p])
     ref = [build_resize(target)(open_image(p, target)) for p in paths]
@@ -145,6 +157,20 @@ def measure(paths: list[Path], target: tuple[int, int], repeats: int, cache_dir:
         for name in names:
             print(f"{name:<42} {1 / t[name]:9.1f} {t[next(iter(names))] / t[name]:9.2f} "
                   f"{t[name] / (t[name] + t['fp32']):11.1%} {t[name] / (t[name] + t['bf16']):11.1%}")
+    if encode:  # the same pass with glibc's heap kept: no fresh pages (and page faults) for every big tensor
+        runs, rounds = {**forwards, "non-forward": sources["pixel cache, collate_images, to_input"]}, []
+        for r in range(repeats):
+            rounds.append({})
+            for keep in (r % 2 == 0, r % 2 == 1):
+                set_heap(keep)
+                rounds[-1] |= {(k, keep): s / 16 for k, s in one_round(runs, batches[:2], cpus, r).items()}
+        set_heap(False)
+        h = medians(rounds)
+        print(f"{'from the pixel cache, with the heap':<42} {'fp32 img/s':>11} {'bf16 img/s':>11} {'share fp32':>11} "
+              f"{'share bf16':>11}")
+        for keep, title in ((False, "glibc's steady state (32 MiB)"), (True, "kept (mallopt 1 GiB)")):
+            n, f, b = h["non-forward", keep], h["fp32", keep], h["bf16", keep]
+            print(f"{title:<42} {1 / f:11.1f} {1 / b:11.1f} {n / (n + f):11.1%} {n / (n + b):11.1%}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,12 +179,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"), help="of the JPEGs")
     p.add_argument("--targets", nargs="+", default=["480x640", "240x320"], help="resize targets HxW")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="of the forward and the non-forward "
+                   "part (default: all); 1 gives shares that a busy machine does not skew")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_jpegs(Path(tmp), args.images, tuple(args.size))
         for i, t in enumerate(args.targets):
             h, w = (int(v) for v in t.lower().split("x"))
-            measure(paths, (h, w), args.repeats, Path(tmp) / f"cache_{h}x{w}", encode=i == 0)
+            measure(paths, (h, w), args.repeats, Path(tmp) / f"cache_{h}x{w}", i == 0, args.threads)
 
 
 if __name__ == "__main__":
