@@ -17,7 +17,7 @@ import torch.utils.data as data
 from commons import UserError
 from dataio.dataset_files import (IMAGE_EXTENSIONS, MAX_LISTED, UnreadableImagesError, build_all,  # noqa: F401 (API)
                            drop_unreadable, list_images, report_duplicates)
-from dataio.images import build_resize, load_image
+from dataio.images import build_resize, load_image, stack_channels_last
 from dataio.pixel_cache import PixelCache
 
 DATABASE_FOLDER_NAMES = ("database", "gallery")
@@ -226,7 +226,7 @@ class TripletsDataset(BaseDataset):
         images = [self.load_uint8(i) for i in ids]
         if self.augmentation is not None:  # callable(uint8 3×H×W, is_query) -> uint8 3×H×W
             images = [self.augmentation(img, j == 0) for j, img in enumerate(images)]
-        return torch.stack(images), torch.tensor(ids)  # uint8 (2+K)×3×H×W
+        return stack_channels_last(images), torch.tensor(ids)  # uint8 (2+K)×3×H×W, channels-last memory
 
     def __len__(self) -> int:
         return len(self.triplets)

@@ -143,7 +143,7 @@ def load_inputs(args, device: str) -> tuple[BaseDataset, list[torch.nn.Module]]:
     the run folder exists."""
     with profile.phase("datasets"):  # file names and image checks
         ds = BaseDataset(args.datasets_folder, args.dataset_name, args.split, tuple(args.test_resize or args.resize),
-                         args.val_positive_dist_threshold, args.skip_corrupt)
+                         args.val_positive_dist_threshold, args.skip_corrupt, args.pixel_cache)
     check_recall_values(args.recall_values, [ds])
     with profile.phase("model"):
         models = [load_trained_model(path, device, args.precision, args) for path in args.resume or []]

@@ -28,7 +28,7 @@ from commons import (autocast, get_rng_state, log_precision, log_to_folder, make
                      set_rng_state, set_stop_hint, setup_logging, tune_allocator)
 from datasets_ws import BaseDataset, TripletsDataset, build_all
 from retrieval.evaluation import EvalResult, InferenceConfig, encoder, format_recalls, test
-from dataio.images import to_input
+from dataio.images import collate_images, to_input
 from training.losses import criterion_from_args
 from training.initialization import init_aggregation, init_weights
 from training.mining import MiningContext, MiningSettings
@@ -77,7 +77,8 @@ def train_on_triplets(model, ds: TripletsDataset, triplets: np.ndarray, optimize
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
     if ddp_model is None:
         loader = DataLoader(ds, batch_size=args.train_batch_size, shuffle=True, generator=gen,
-                            num_workers=args.num_workers, pin_memory=device == "cuda", drop_last=False)
+                            num_workers=args.num_workers, pin_memory=device == "cuda", drop_last=False,
+                            collate_fn=collate_images)
     else:
         loader = distributed.rank_loader(ds, args.train_batch_size, gen, args.num_workers, device == "cuda",
                                          (triplets.shape[1], 3, *args.resize))
@@ -203,9 +204,12 @@ def load_inputs(args, device: str) -> RunInputs:
     with profile.phase("datasets"):  # file names, image checks; unreadable images of all splits reported together
         ds, val_ds, test_ds = build_all(
             lambda: TripletsDataset(*where, "train", tuple(args.resize), args.val_positive_dist_threshold,
-                                    args.train_positives_dist_threshold, build_augmentation(args), args.skip_corrupt),
-            lambda: BaseDataset(*where, "val", test_size, args.val_positive_dist_threshold, args.skip_corrupt),
-            lambda: BaseDataset(*where, "test", test_size, args.val_positive_dist_threshold, args.skip_corrupt))
+                                    args.train_positives_dist_threshold, build_augmentation(args), args.skip_corrupt,
+                                    args.pixel_cache),
+            lambda: BaseDataset(*where, "val", test_size, args.val_positive_dist_threshold, args.skip_corrupt,
+                                args.pixel_cache),
+            lambda: BaseDataset(*where, "test", test_size, args.val_positive_dist_threshold, args.skip_corrupt,
+                                args.pixel_cache))
     check_recall_values(args.recall_values, (val_ds, test_ds))
     logging.info(f"train: {ds}; val: {val_ds}")
     with profile.phase("model"):

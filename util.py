@@ -22,7 +22,8 @@ from commons import UserError
 from cli.arch import ARCH_DEFAULTS
 
 RESUME_SAFE_KEYS = ("epochs_num", "num_workers", "device", "infer_batch_size", "save_dir", "resume",  # may change
-                    "patience", "datasets_folder", "skip_corrupt", "log_level", "init_from", "precision_requested")
+                    "patience", "datasets_folder", "skip_corrupt", "log_level", "init_from", "precision_requested",
+                    "pixel_cache")
 
 CHECKPOINT_KEYS = ("model_state_dict", "args")
 LAST, BEST = "last_model.pth", "best_model.pth"

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from datasets_ws import list_images
 from retrieval.evaluation import InferenceConfig, extract_features
-from dataio.images import build_resize, image_problem, open_image
+from dataio.images import image_problem, load_image
 
 CHUNK_IMAGES = 4096  # images encoded per extract_features call: bounds the float32 descriptors held in memory
 
@@ -29,10 +29,9 @@ class PathsDataset(data.Dataset):
 
     def __init__(self, paths: Sequence[Path], resize: tuple[int, int]):
         self.paths, self.resize = list(paths), tuple(resize)
-        self.resize_transform = build_resize(self.resize)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.resize_transform(open_image(self.paths[index], self.resize)), index
+        return load_image(self.paths[index], self.resize), index
 
     def __len__(self) -> int:
         return len(self.paths)

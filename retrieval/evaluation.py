@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from commons import autocast
-from dataio.images import to_input
+from dataio.images import collate_images, to_input
 from retrieval.indexing import build_index, search
 from runs import profile
 
@@ -43,6 +43,7 @@ def extract_features(model: torch.nn.Module, dataset, indices: Sequence[int], cf
     model.eval()
     indices = np.asarray(indices, dtype=np.int64)
     loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                        collate_fn=collate_images,
                         pin_memory=cfg.device == "cuda", persistent_workers=False)
     out: np.ndarray | None = None
     pos = 0

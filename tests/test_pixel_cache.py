@@ -102,3 +102,22 @@ def test_datasets_read_the_cache_and_augment_after(tiny_world, tmp_path) -> None
     images, ids = train[0]
     expected = torch.stack([load_image(train.images_paths[i], (16, 24)) for i in ids.tolist()])
     assert torch.equal(images, torch.flip(expected, dims=[-1]))
+
+
+def test_training_with_the_pixel_cache_gives_the_same_run(tiny_world: Path, tmp_path: Path, monkeypatch) -> None:
+    """--pixel_cache changes where pixels come from, not the run: same losses, validation and test recalls; the
+    caches of the three splits are built once and reused by a second run."""
+    import train
+    from helpers import tiny_train_flags
+    monkeypatch.chdir(tmp_path)
+    flags = tiny_train_flags(tiny_world, "plain") + ["--epochs_num", "1"]
+    plain = train.main(flags)
+    cached = train.main(flags + ["--pixel_cache", str(tmp_path / "cache"), "--save_dir", "cached"])
+    for key in ("losses", "val_history", "best_val_recall@5"):
+        assert cached[key] == plain[key], key
+    assert cached["test"]["recalls"] == plain["test"]["recalls"]
+    sidecars = sorted((tmp_path / "cache").glob("*.json"))
+    assert len(sidecars) == 3  # train, val, test
+    stamps = [p.stat().st_mtime_ns for p in sidecars]
+    train.main(flags + ["--pixel_cache", str(tmp_path / "cache"), "--save_dir", "again"])
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache").glob("*.json"))] == stamps  # not rebuilt

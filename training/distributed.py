@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
-from torch.utils.data._utils.collate import default_collate
+from dataio.images import collate_images
 
 from commons import UserError, get_rng_state, set_rng_state
 from retrieval.evaluation import EvalResult, InferenceConfig, evaluate_descriptors, extract_features
@@ -227,9 +227,10 @@ class RankBatchSampler(Sampler[list[int]]):
 
 
 def _collate_or_empty(batch: list, empty_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """default_collate, or an empty (images 0×…, ids 0×…) pair for an empty slice."""
+    """images.collate_images (channels-last batches, as in one process), or an empty (images 0×…, ids 0×…) pair
+    for an empty slice."""
     if batch:
-        return default_collate(batch)
+        return tuple(collate_images(batch))
     return torch.zeros(empty_shape), torch.zeros(empty_shape[:2], dtype=torch.int64)
 
 

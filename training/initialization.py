@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Subset
 
 from commons import autocast
 from datasets_ws import BaseDataset
-from dataio.images import to_input
+from dataio.images import collate_images, to_input
 from network import initialize_aggregation, load_init_state
 from runs import profile
 from util import load_checkpoint
@@ -24,7 +24,7 @@ def init_aggregation(model, ds: BaseDataset, args, device: str) -> None:
     if not getattr(model.aggregation, "needs_init", False):
         return
     loader = DataLoader(Subset(ds.as_images(), ids.tolist()), batch_size=args.infer_batch_size,
-                        num_workers=args.num_workers)
+                        num_workers=args.num_workers, collate_fn=collate_images)
     with profile.phase("netvlad_init") as record, autocast(device, args.precision):
         def batches() -> Iterator[torch.Tensor]:  # model inputs B×3×H×W, counted as read
             for images, _ in profile.timed_iter(loader):
