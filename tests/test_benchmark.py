@@ -186,7 +186,8 @@ def test_end_to_end_mode_profiles_a_real_epoch_and_estimates_pitts30k(tmp_path: 
     out = benchmark.main(["--quick", "--end_to_end", "--precisions", "fp32", "--aggregations", "gem",
                           "--device", "cpu", "--out", "e2e.json"])
     assert json.loads((tmp_path / "e2e.json").read_text()) == json.loads(json.dumps(out))
-    (run,) = out["end_to_end"]
+    run, cached = out["end_to_end"]
+    assert (run["source"], cached["source"]) == ("JPEG files", "pixel cache") and "--pixel_cache" in cached["flags"]
     ph, r = run["time_profile"]["phases"], end_to_end.RUN["quick"]
     rows = {row["phase"]: row for row in run["rows"]}
     # encoding limit = the phase's images at the in-memory forward rate; training at the in-memory step rate

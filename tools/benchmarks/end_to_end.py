@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from commons import uses_channels_last
+from datasets_ws import BaseDataset, TripletsDataset
 from parser import train_parser
 from tools.benchmarks.rates import make_model, model_run, train_run
 from tools.benchmarks.workload import TensorTriplets, write_world
@@ -132,8 +133,13 @@ def format_report(runs: list[dict]) -> str:
         for r in run["rows"]:
             lim = f"{r['limit_s']:9.2f} {r['s'] / r['limit_s']:6.2f}" if r["limit_s"] else f"{'':>9} {'':>6}"
             lines.append(f"{r['phase']:<40} {r['s']:10.2f} {lim}")
+        ph = run["time_profile"]["phases"]
+        epoch = next(r for r in run["rows"] if r["phase"].startswith("epoch"))
         lines += [f"model alone, in memory: forward {run['rates']['forward']:.1f} img/s, training step "
-                  f"{run['rates']['train']:.1f} img/s",
+                  f"{run['rates']['train']:.1f} img/s; training reached "
+                  f"{100 * ph['training/compute']['images'] / ph['training']['s'] / run['rates']['train']:.0f}% of "
+                  f"that step rate; the epoch took {epoch['s'] / epoch['limit_s']:.2f}× its compute at the model's "
+                  f"own rates",
                   "Pitts30k-sized epoch (5000 queries, refresh every 1000; validation 10k + 7.6k images), minutes:",
                   f"{'mining':<9}" + "".join(f"{k:>20}" for k in next(iter(run["pitts30k"].values())))]
         for mining, parts in run["pitts30k"].items():
@@ -143,28 +149,38 @@ def format_report(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def build_pixel_caches(world: Path, cache: Path, resize: tuple[int, int]) -> None:
+    """The decoded-pixel caches of the three splits, as train.py --pixel_cache builds them (not timed)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        TripletsDataset(str(world), "bench", "train", resize, pixel_cache=cache)
+        for split in ("val", "test"):
+            BaseDataset(str(world), "bench", split, resize, pixel_cache=cache)
+
+
 def main(a) -> dict:
-    """Every aggregation × precision of the benchmark's flags (a: tools.benchmark.parse_args): the epoch, the model's
-    own rates, the phase table and the estimate. Returns what --out receives."""
+    """Every aggregation × precision of the benchmark's flags (a: tools.benchmark.parse_args), reading the JPEG files
+    and then the pixel cache: the epoch, the model's own rates, the phase table and the estimate. Returns what --out
+    receives."""
     r = RUN["quick" if a.quick else "full"]
     resize = tuple(a.resize or ((32, 32) if a.quick else (480, 640)))
     runs = []
     with tempfile.TemporaryDirectory(prefix="vg_e2e_") as tmp:
-        world = Path(tmp) / "world"
+        world, cache = Path(tmp) / "world", Path(tmp) / "pixel_cache"
         write_world(world, r["database"], r["queries"], resize, splits=("train", "val", "test"))
-        for agg in a.aggregations:
-            for precision in a.precisions:
-                cwd = Path(tmp) / f"{agg}_{precision}"
+        build_pixel_caches(world, cache, resize)
+        for agg, precision in ((g, p) for g in a.aggregations for p in a.precisions):
+            with contextlib.redirect_stderr(io.StringIO()):  # the training steps' progress bars
+                rates = model_rates(run_flags(world, Path("e2e"), agg, precision, a.device, resize, r), a.device, r)
+            for source, extra in (("JPEG files", []), ("pixel cache", ["--pixel_cache", str(cache)])):
+                cwd = Path(tmp) / f"{agg}_{precision}_{len(extra)}"
                 cwd.mkdir()
-                flags = run_flags(world, Path("e2e"), agg, precision, a.device, resize, r)
+                flags = run_flags(world, Path("e2e"), agg, precision, a.device, resize, r) + extra
                 results, wall = run_epoch(flags, cwd)
-                with contextlib.redirect_stderr(io.StringIO()):  # the training steps' progress bars
-                    rates = model_rates(flags, a.device, r)
                 prof = results["time_profile"]
                 runs.append({"title": f"train.py, 1 epoch of {r['queries']} queries, full mining, {agg}, {precision}, "
                                       f"{resize[0]}×{resize[1]}, {r['database']} database images per split, "
-                                      f"{a.device}: whole process {wall:.1f} s",
-                             "flags": flags, "rows": phase_rows(prof, rates, wall), "rates": rates,
-                             "time_profile": prof, "pitts30k": pitts30k_estimate(prof, r["queries"])})
+                                      f"{a.device}, reading {source}: whole process {wall:.1f} s",
+                             "source": source, "flags": flags, "rows": phase_rows(prof, rates, wall),
+                             "rates": rates, "time_profile": prof, "pitts30k": pitts30k_estimate(prof, r["queries"])})
     print(format_report(runs))
     return {"end_to_end": runs}
