@@ -33,7 +33,7 @@ from training.losses import criterion_from_args
 from training.initialization import init_aggregation, init_weights
 from training.mining import MiningContext, MiningSettings
 from network import build_model, load_model_state
-from training.optim import build_optimizer, lr_factor, set_lr
+from training.optim import build_optimizer, lr_factor, param_groups, set_lr
 from parser import parse_train_args, resolve_device, startup_notes, train_parser
 from util import (BEST, LAST, NonFiniteError, check_finite_radii, check_recall_values, check_resumable,
                   continue_from, load_checkpoint, log_args, new_run_folder, resume_folder,
@@ -53,17 +53,6 @@ class TrainState:
     train_time_s: float = 0.0
     losses: list = field(default_factory=list)  # mean loss of every refresh
     val_history: list = field(default_factory=list)  # validation recalls of every epoch
-
-
-def param_groups(model: torch.nn.Module, args) -> list[dict]:
-    """Trainable parameters; attention layers get --attention_lr when given."""
-    att = {id(p) for p in model.attention_parameters()} if args.attention_lr else set()
-    base = [p for p in model.parameters() if p.requires_grad and id(p) not in att]
-    groups = [{"params": base, "lr": args.lr}]
-    if att:
-        groups.append({"params": [p for p in model.attention_parameters() if p.requires_grad],
-                       "lr": args.attention_lr})
-    return groups
 
 
 def train_on_triplets(model, ds: TripletsDataset, triplets: np.ndarray, optimizer, criterion, args,

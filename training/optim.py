@@ -68,6 +68,17 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: floa
         group["lr"] = base * factor
 
 
+def param_groups(model: torch.nn.Module, args) -> list[dict]:
+    """Trainable parameters; attention layers get --attention_lr when given."""
+    att = {id(p) for p in model.attention_parameters()} if args.attention_lr else set()
+    base = [p for p in model.parameters() if p.requires_grad and id(p) not in att]
+    groups = [{"params": base, "lr": args.lr}]
+    if att:
+        groups.append({"params": [p for p in model.attention_parameters() if p.requires_grad],
+                       "lr": args.attention_lr})
+    return groups
+
+
 def build_optimizer(param_groups: Iterable[dict], args: argparse.Namespace) -> torch.optim.Optimizer:
     """The optimizer named by --optim over the given parameter groups (each may carry its own lr)."""
     optimizer = OPTIMIZERS[args.optim](list(param_groups), args)

@@ -12,7 +12,7 @@ from commons import autocast, prepare_model
 from network import build_model
 from tools.benchmarks.limits import timed
 from training.losses import criterion_from_args
-from training.optim import build_optimizer
+from training.optim import build_optimizer, param_groups
 
 
 def make_model(args, device: str, freeze: bool = True) -> torch.nn.Module:
@@ -27,7 +27,7 @@ def make_model(args, device: str, freeze: bool = True) -> torch.nn.Module:
 def train_run(model, ds, make_triplets, args, device: str, s: dict) -> Callable[[bool], float]:
     """run(warmup) → triplets/s (query × negative pairs) of train.train_on_triplets over s["steps"] steps (1 step
     when warming up). make_triplets(n) gives n triplets n×(2+K) of ds."""
-    optimizer = build_optimizer(train.param_groups(model, args), args)
+    optimizer = build_optimizer(param_groups(model, args), args)
     criterion = criterion_from_args(args)
 
     def run(warmup: bool) -> float:
