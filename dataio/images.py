@@ -121,7 +121,7 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
     over the pixels instead of a conversion, a division and a normalization. Channels-last pixels (what decoding
     and the pixel cache give, and what to_input lays out on a CPU) are taken as rows of W·3 values, multiplied by
     a row of W·3 factors: a vectorized loop, ~2× faster than broadcasting 3 per-channel factors over an innermost
-    dimension of 3 (tools/benchmarks/decode.py, "to_input").
+    dimension of 3 (tools/benchmark/decode.py, "to_input").
     """
     x = image.to(torch.float32, copy=True)  # keeps the memory format
     scale, shift = _SCALE.to(x.device), _SHIFT.to(x.device)
@@ -221,7 +221,7 @@ def _decode_jpeg(data: bytes, target: tuple[int, int] | None) -> torch.Tensor | 
 
 def decode_rgb(path: Path, target: tuple[int, int] | None = None) -> torch.Tensor:
     """The pixels of open_image(path, target) as a uint8 tensor 3×h×w (a view of h×w×3 memory, as
-    torchvision's ToImage gives), ~1.5× faster for JPEGs (tools/benchmarks/decode.py): JPEGs are decoded by
+    torchvision's ToImage gives), ~1.5× faster for JPEGs (tools/benchmark/decode.py): JPEGs are decoded by
     simplejpeg, anything else (or any JPEG it refuses) by open_image, with its errors."""
     try:
         with open(path, "rb") as f:

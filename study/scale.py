@@ -8,7 +8,7 @@ NetVLAD with PCA to 256 in a faiss IVF-PQ index. Columns:
   within REPEAT_BUDGET_S seconds, at least one) at those sizes. A flat index is timed
   by exact search over the database in chunks of at most CHUNK_BYTES (a 1M × 16384 float matrix is 64 GB),
   each chunk a flat index of random unit vectors (exact search costs the same whatever the values); IVF-PQ is
-  built and searched whole on tools/benchmarks/scale_benchmark.py's synthetic 256-D descriptors, with its R@1
+  built and searched whole on tools/benchmark/scale_benchmark.py's synthetic 256-D descriptors, with its R@1
   against exact search on them;
 - recall on the study's test split: R@1/R@5 (mean over seeds) of the study's own models, from the run folders:
   the baselines' training tests and the `scalability` experiment's eval.py runs with --pca_dim / --index, and
@@ -67,7 +67,7 @@ def time_flat(dim: int, sizes: list[int], rng: np.random.Generator) -> dict[str,
 
 def measure_ivfpq(sizes: list[int]) -> dict[str, dict]:
     """IVF-PQ over the scale benchmark's synthetic 256-D descriptors: index bytes, ms/query, R@1 vs flat."""
-    from tools.benchmarks.scale_benchmark import make_descriptors, make_settings, measure
+    from tools.benchmark.scale_benchmark import make_descriptors, make_settings, measure
     setting = make_settings(256, 512)[0]
     out = {}
     for n in sizes:

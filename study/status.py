@@ -27,7 +27,7 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 def machine() -> dict:
     """What the study runs on: cpu, cores, torch, cpu_capability, gpu (plus the fields of machine_info)."""
     import torch
-    from tools.benchmarks.limits import machine_info
+    from tools.benchmark.limits import machine_info
     return machine_info("cuda" if torch.cuda.is_available() else "cpu", allocator_tuned=False)
 
 

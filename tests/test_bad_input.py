@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from tools import analyze_dataset
-from tools import benchmark
+from tools.benchmark import run as benchmark
 from tools import collect_results
 import eval as eval_cli
 import train

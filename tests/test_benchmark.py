@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tools import benchmark
-from tools.benchmarks.limits import LimitSampler, figure, gemm_call, model_conv_calls
+from tools.benchmark import run as benchmark
+from tools.benchmark.limits import LimitSampler, figure, gemm_call, model_conv_calls
 from commons import UserError
 
 RATE_FIGURES = ("extract", "model", "train", "train_model")
@@ -181,7 +181,7 @@ def test_a_quick_run_fails_when_a_figure_beats_its_limit(tmp_path: Path, monkeyp
 
 def test_end_to_end_mode_profiles_a_real_epoch_and_estimates_pitts30k(tmp_path: Path, monkeypatch) -> None:
     """--end_to_end runs train.py in its own process; its table and estimate follow from the stored profile."""
-    from tools.benchmarks import end_to_end
+    from tools.benchmark import end_to_end
     monkeypatch.chdir(tmp_path)
     out = benchmark.main(["--quick", "--end_to_end", "--precisions", "fp32", "--aggregations", "gem",
                           "--device", "cpu", "--out", "e2e.json"])

@@ -11,7 +11,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tools.benchmarks import scale_benchmark  # noqa: E402
+from tools.benchmark import scale_benchmark  # noqa: E402
 from commons import UserError  # noqa: E402
 from retrieval.indexing import (INDEX_KINDS, DescriptorWriter, build_index, default_params, open_descriptors,  # noqa: E402
                       search)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tools.benchmarks.limits import timed
+from tools.benchmark.limits import timed
 from datasets_ws import radius_neighbors
 from retrieval.indexing import build_index, search
 from training.mining import MiningContext, MiningSettings, mine_full

@@ -1,7 +1,7 @@
 """JPEG decoders side by side, and the non-forward part of an encode pass, against the ResNet-18-conv4 forward
 pass they feed (issue 17).
 
-    python -m tools.benchmarks.decode [--images N] [--size H W] [--targets 480x640 240x320] [--repeats R]
+    python -m tools.benchmark.decode [--images N] [--size H W] [--targets 480x640 240x320] [--repeats R]
 
 Writes N JPEGs of H×W (random crops of tools/synthetic_world.py's map, quality 90, PIL's default 4:2:0). Per
 target size, in `repeats` interleaved rounds (medians): each decoder installed, from file to a uint8 3×h×w tensor

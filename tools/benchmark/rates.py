@@ -10,7 +10,7 @@ import torch
 import train
 from commons import autocast, prepare_model
 from network import build_model
-from tools.benchmarks.limits import timed
+from tools.benchmark.limits import timed
 from training.losses import criterion_from_args
 from training.optim import build_optimizer, param_groups
 

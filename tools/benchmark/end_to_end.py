@@ -20,8 +20,8 @@ import torch
 from commons import uses_channels_last
 from datasets_ws import BaseDataset, TripletsDataset
 from parser import train_parser
-from tools.benchmarks.rates import make_model, model_run, train_run
-from tools.benchmarks.workload import TensorTriplets, write_world
+from tools.benchmark.rates import make_model, model_run, train_run
+from tools.benchmark.workload import TensorTriplets, write_world
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = {  # the epoch: `queries` training queries, one refresh, `database` images per split (train, val, test)
