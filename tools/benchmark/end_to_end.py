@@ -90,7 +90,8 @@ def phase_rows(profile: dict, rates: dict[str, float], wall: float) -> list[dict
         s = sum(ph.get(k, {}).get("s", 0.0) for k in keys)
         images = sum(ph.get(k, {}).get("images", 0) for k in keys)
         return {"phase": name, "s": s, "limit_s": images / limit[kind] if kind else None, "images": images}
-    rows = [row("startup (imports, scan, checks, model)", ["startup"]),
+    rows = [row("startup (imports, argument checks)", ["startup"]),
+            row("datasets (scan, checks) and model", ["datasets", "model"]),
             row("mining: encoding", ["mining/encode"], "encode"),
             row("mining: search + selection", ["mining/search", "mining/select"]),
             row("training: waiting for data", ["training/data"]),
