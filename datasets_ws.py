@@ -17,7 +17,7 @@ import torch.utils.data as data
 from commons import UserError
 from dataio.dataset_files import (IMAGE_EXTENSIONS, MAX_LISTED, UnreadableImagesError, build_all,  # noqa: F401 (API)
                            drop_unreadable, list_images, report_duplicates)
-from dataio.images import build_resize, load_image, stack_channels_last
+from dataio.images import load_image, stack_channels_last
 from dataio.pixel_cache import PixelCache
 
 DATABASE_FOLDER_NAMES = ("database", "gallery")
@@ -133,7 +133,6 @@ class BaseDataset(data.Dataset):
                                                          val_positive_dist_threshold)
         self.images_paths = self.database_paths + self.queries_paths
         self.resize = tuple(resize)
-        self.resize_transform = build_resize(self.resize)
         self.pixel_cache: PixelCache | None = None
         self.use_pixel_cache(pixel_cache)
 

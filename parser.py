@@ -10,11 +10,13 @@ import sys
 
 from cli.augmentation_flags import add_augmentation_args, validate_augmentation_args
 from cli.errors import CliParser, UserError
+from cli.errors import check as _check
 from cli.static_names import constant_keys, registered_names
-from cli.dvgl_compat import (TEST_METHODS, DVGLArgumentParser, add_common_flags, add_train_flags, crn_net_lr,
+from cli.dvgl_compat import (DVGLArgumentParser, add_common_flags, add_train_flags, crn_net_lr,
                              default_notes, explicit_dests, ignored_notes, mirror_training_flags, validate_eval,
                              validate_train)
 from cli.model_flags import add_arch_args, add_model_args, add_pretrain_arg
+from cli.test_variant_flags import add_test_variant_args, validate_test_variant_args  # noqa: F401 (API)
 
 
 
@@ -112,31 +114,6 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _test_variant_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("test-time variants (README: Variations beyond the baselines)")
-    g.add_argument("--ensemble", choices=["concat", "mean"], default="concat",
-                   help="with several --resume: concatenate or average their L2-normalized descriptors")
-    g.add_argument("--multiscale", type=float, nargs="+", default=[1.0], metavar="S",
-                   help="encode every image at these scales, e.g. 1 0.707 0.5")
-    g.add_argument("--multiscale_combine", choices=["mean", "concat"], default="mean")
-    g.add_argument("--test_method", choices=TEST_METHODS, default="hard_resize",
-                   help="how queries are processed (the database is always resized to --test_resize/--resize)")
-    g.add_argument("--majority_weight", type=float, default=0.01, help="distance bonus per vote (maj_voting)")
-    g.add_argument("--pca_dim", type=int, default=None, help="reduce descriptors with a PCA fitted on --pca_split")
-    g.add_argument("--pca_whiten", action="store_true", help="whiten the PCA components")
-    g.add_argument("--pca_split", default="train", help="split whose database images are encoded to fit the PCA")
-    g.add_argument("--pca_file", default=None, help="reuse the pca.npz of an earlier eval run instead of fitting")
-
-
-def validate_test_variant_args(args: argparse.Namespace) -> None:
-    """Checks of the ensemble / multi-scale / test-method / PCA flags of eval.py."""
-    _check(all(s > 0 for s in args.multiscale), f"--multiscale scales must be > 0, got {args.multiscale}")
-    _check(args.majority_weight >= 0, f"--majority_weight must be >= 0, got {args.majority_weight}")
-    _check(args.pca_dim is None or args.pca_dim > 0, f"--pca_dim must be > 0, got {args.pca_dim}")
-    _check(not args.pca_whiten or (args.pca_dim and not args.pca_file),
-           "--pca_whiten applies when fitting a PCA: pass it with --pca_dim and without --pca_file")
-
-
 def eval_parser() -> argparse.ArgumentParser:
     """Parser of eval.py."""
     p = _Parser(description="Evaluate geo-localization checkpoints, or an untrained (off-the-shelf) model",
@@ -155,7 +132,7 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="with --save_predictions: only queries whose top-1 prediction is wrong")
     g.add_argument("--recall_thresholds", type=float, nargs="+", default=None, metavar="M",
                    help="also compute recall@N at these success radii (metres), e.g. 5 10 15 20 25 50 100")
-    _test_variant_args(p)
+    add_test_variant_args(p)
     g = p.add_argument_group("architecture: checked against the checkpoint; without --resume, the model evaluated")
     add_arch_args(g, suppress=True)
     add_pretrain_arg(g, off_the_shelf=True)
@@ -175,11 +152,6 @@ def exit_on_help(script: str) -> None:
     heavy imports (torch: seconds); the parsers themselves import no torch (cli/static_names.py)."""
     if {"-h", "--help"} & set(sys.argv[1:]):
         (train_parser() if script == "train" else eval_parser()).parse_args(["--help"])
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise UserError(msg)
 
 
 def validate_common(args: argparse.Namespace) -> None:

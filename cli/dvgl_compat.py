@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cli.arch import ARCH_DEFAULTS
 from cli.errors import UserError
+from cli.errors import check as _check
 from cli.static_names import constant_keys
 
 # dVGL's defaults that differ from this toolkit's (see the README table for why each was kept).
@@ -123,11 +124,6 @@ def crn_net_lr(args: argparse.Namespace, given: set[str]) -> float:
 def torchvision_arch(backbone: str) -> str:
     """The torchvision architecture of a backbone name (resnet50conv4 -> resnet50), as in dVGL's weight files."""
     return backbone.split("conv")[0]
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise UserError(msg)
 
 
 def validate_train(args: argparse.Namespace) -> None:

@@ -16,3 +16,9 @@ class CliParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         prog = self.prog if self.prog.startswith("python") else f"python {self.prog}"
         raise UserError(f"{message}; see {prog} --help")
+
+
+def check(cond: bool, msg: str) -> None:
+    """Raise UserError(msg) unless cond: the flag checks of the parsers."""
+    if not cond:
+        raise UserError(msg)

@@ -100,10 +100,10 @@ def phase_rows(profile: dict, rates: dict[str, float], wall: float) -> list[dict
             row("test: encoding", ["test/encode"], "encode"),
             row("searches (validation, test)", ["validation/search", "test/search"]),
             row("checkpoints and plots", ["checkpoint", "plots"])]
-    epoch_keys = [k for k in ("mining", "training") if k in ph]
-    epoch_limit = sum(r["limit_s"] for r in rows if r["phase"].startswith(("mining", "training")) and r["limit_s"])
-    rows.append({"phase": "epoch (mining + training)", "s": sum(ph[k]["s"] for k in epoch_keys),
-                 "limit_s": epoch_limit, "images": None})
+    epoch = [row("", ["mining/encode"], "encode"), row("", ["training/compute"], "compute")]  # the epoch's compute
+    epoch_s = sum(ph.get(k, {}).get("s", 0.0) for k in ("mining", "training"))
+    rows.append({"phase": "epoch (mining + training)", "s": epoch_s, "limit_s": sum(r["limit_s"] for r in epoch),
+                 "images": None})
     rows.append({"phase": "whole process", "s": wall, "limit_s": sum(r["limit_s"] or 0 for r in rows[:-1]),
                  "images": None})
     return rows
