@@ -97,6 +97,13 @@ def begin() -> Profile:
     return _current
 
 
+def imports_paid() -> None:
+    """Count the next run's start-up from its begin(), not from the import of this module: for a process forked
+    from one that imported everything beforehand (the study's fork server)."""
+    global _begun
+    _begun = True
+
+
 def current() -> Profile:
     """The profile of the running run."""
     return _current

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runs.atomic_files import atomic_write
+from runs.visualize import pyplot
 
 RECALLS = (1, 5, 10)
 
@@ -125,9 +126,7 @@ def plot_flag(ax, table: list[dict], f: str, others: list[str], label: str, xpos
 def plot_ablations(table: list[dict], flags: list[str], labels: list[str], out: Path) -> list[Path]:
     """recall_vs_<flag>.png for every varied flag: R@N per evaluated dataset against the flag's values
     (error bars: std over seeds)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     paths = []
     for f in flags:
         ticks = sorted({key_of(r[f]): r[f] for r in table}.values(), key=sort_key)

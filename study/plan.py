@@ -28,7 +28,7 @@ A study folder STUDY (default `logs/study`) holds everything:
                                "index", "bytes_per_image", "memory_mb": {size: float}, "search_ms_per_query":
                                {size: float}, "study_recall": {"R@1", "R@5"}, "recall_change_vs_netvlad": {"R@1",
                                "R@5"}, "study_seeds", "study_dim", optional "synthetic_r1_lost_vs_flat"}]}
-      logs/<experiment>/<run_key>/{train,eval_<id>}.log   stdout and stderr of every subprocess (added)
+      logs/<experiment>/<run_key>/{train,eval_<id>}.log   stdout and stderr of every run (appended)
 
 plan.json:
 

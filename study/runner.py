@@ -1,4 +1,4 @@
-"""Execution of the study's runs: train.py / eval.py as subprocesses, resumable from the run folders on disk.
+"""Execution of the study's runs: train.py / eval.py (study/launcher.py), resumable from the run folders on disk.
 
 A run ('<experiment>/<run_key>') is one training (or none, for an eval-only run) plus its evaluations. The
 folders are the truth: a training folder with results.json is finished and never repeated; one with
@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import logging
 import re
-import resource
 import shlex
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from study.launcher import command_line, launch
 from study.plan import run_index
 from study.status import Status, now_iso
 
-REPO = Path(__file__).resolve().parents[1]
 RUN_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(_\d+)?$")  # util.new_run_folder's names
 ERROR_LINE_CHARS = 300
 
@@ -39,44 +36,42 @@ class Context:
 
 @dataclass
 class Outcome:
-    """How a subprocess ended: exit code, wall and CPU (user + system) seconds, its error line (None on success)."""
+    """How a script ended: exit code, wall and CPU (user + system) seconds, its error line (None on success)."""
     rc: int
     seconds: float
     cpu_seconds: float
     error: str | None
 
 
+@dataclass
+class Spent:
+    """Wall and CPU seconds of the scripts a run has executed so far."""
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+    def add(self, out: Outcome) -> Outcome:
+        self.seconds += out.seconds
+        self.cpu_seconds += out.cpu_seconds
+        return out
+
+
 class RunFailed(Exception):
-    """A subprocess of a run failed; the message is its error line."""
+    """A script of a run failed; the message is its error line."""
 
 
-def call(cmd: list[str], log: Path) -> Outcome:
-    """Run cmd with stdout and stderr appended to log; return how it ended.
+def call(script: str, argv: list[str], log: Path) -> Outcome:
+    """Run `python <script>.py argv` (study/launcher.py) with its output appended to log; return how it ended.
 
-
-    The child shares the terminal's process group: Ctrl-C reaches it too, and train.py then stops with its last
-    checkpoint intact; the study waits for it before stopping.
+    Ctrl-C reaches the run too: train.py then stops with its last checkpoint intact; the study waits for it
+    before stopping.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    start, cpu_start = time.monotonic(), children_cpu_seconds()
+    start = time.monotonic()
     with open(log, "a") as f:
-        f.write(f"\n=== {now_iso()} {shlex.join(cmd)}\n")
-        f.flush()
+        f.write(f"\n=== {now_iso()} {shlex.join(command_line(script, argv))}\n")
         offset = f.tell()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-        try:
-            rc = proc.wait()
-        except KeyboardInterrupt:
-            proc.wait()
-            raise
-    return Outcome(rc, time.monotonic() - start, children_cpu_seconds() - cpu_start,
-                   None if rc == 0 else error_line(log, offset, rc))
-
-
-def children_cpu_seconds() -> float:
-    """User + system CPU seconds of all finished child processes so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    rc, cpu = launch(script, argv, log)
+    return Outcome(rc, time.monotonic() - start, cpu, None if rc == 0 else error_line(log, offset, rc))
 
 
 def error_line(log: Path, offset: int, rc: int) -> str:
@@ -113,41 +108,39 @@ def rel(ctx: Context, path: Path) -> str:
     return str(path.relative_to(ctx.study))
 
 
-def train_step(ctx: Context, exp: str, run: dict) -> tuple[Path, float]:
+def train_step(ctx: Context, exp: str, run: dict, spent: Spent) -> Path:
     """Finish the training of a run: skip it when done, continue it when interrupted, else start it.
 
-    Returns the finished run folder and the seconds spent here; raises RunFailed."""
+    Returns the finished run folder; adds its time to spent; raises RunFailed."""
     parent = ctx.study / "runs" / exp / run["key"]
     done = latest_folder(parent, "results.json")
     if done:
-        return done, 0.0
+        return done
     resumable = latest_folder(parent, "last_model.pth")
     remove_dead(parent)
-    py = [sys.executable, str(REPO / "train.py")]
     if resumable:
         logging.info(f"{exp}/{run['key']}: continuing {rel(ctx, resumable)} from its last checkpoint")
-        cmd = py + ["--resume", str(resumable / "last_model.pth"), "--datasets_folder", str(ctx.datasets_folder)]
+        argv = ["--resume", str(resumable / "last_model.pth"), "--datasets_folder", str(ctx.datasets_folder)]
     else:
-        cmd = py + run["train_flags"] + ["--datasets_folder", str(ctx.datasets_folder), "--save_dir", str(parent)]
-    out = call(cmd, ctx.study / "logs" / exp / run["key"] / "train.log")
+        argv = run["train_flags"] + ["--datasets_folder", str(ctx.datasets_folder), "--save_dir", str(parent)]
+    out = spent.add(call("train", argv, ctx.study / "logs" / exp / run["key"] / "train.log"))
     done = latest_folder(parent, "results.json")
     if out.rc != 0 or done is None:
-        raise RunFailed(out.error or "train.py wrote no results.json", out.seconds)
-    return done, out.seconds
+        raise RunFailed(out.error or "train.py wrote no results.json")
+    return done
 
 
-def eval_step(ctx: Context, exp: str, run: dict, ev: dict, checkpoints: list[Path]) -> float:
-    """Run one eval.py of a run unless its folder has results.json; returns seconds; raises RunFailed."""
+def eval_step(ctx: Context, exp: str, run: dict, ev: dict, checkpoints: list[Path], spent: Spent) -> None:
+    """Run one eval.py of a run unless its folder has results.json; adds its time to spent; raises RunFailed."""
     parent = ctx.study / "evals" / exp / run["key"] / ev["id"]
     if latest_folder(parent, "results.json"):
-        return 0.0
+        return
     remove_dead(parent)
-    cmd = [sys.executable, str(REPO / "eval.py"), *ev["flags"], "--datasets_folder", str(ctx.datasets_folder),
-           "--resume", *map(str, checkpoints), "--save_dir", str(parent)]
-    out = call(cmd, ctx.study / "logs" / exp / run["key"] / f"eval_{ev['id']}.log")
+    argv = [*ev["flags"], "--datasets_folder", str(ctx.datasets_folder), "--resume", *map(str, checkpoints),
+            "--save_dir", str(parent)]
+    out = spent.add(call("eval", argv, ctx.study / "logs" / exp / run["key"] / f"eval_{ev['id']}.log"))
     if out.rc != 0 or latest_folder(parent, "results.json") is None:
-        raise RunFailed(out.error or "eval.py wrote no results.json", out.seconds)
-    return out.seconds
+        raise RunFailed(out.error or "eval.py wrote no results.json")
 
 
 def best_model_of(ctx: Context, run_id: str) -> Path:
@@ -155,7 +148,7 @@ def best_model_of(ctx: Context, run_id: str) -> Path:
     exp, key = run_id.split("/")
     folder = latest_folder(ctx.study / "runs" / exp / key, "results.json")
     if folder is None or not (folder / "best_model.pth").is_file():
-        raise RunFailed(f"needs the checkpoint of {run_id}, which has not finished", 0.0)
+        raise RunFailed(f"needs the checkpoint of {run_id}, which has not finished")
     return folder / "best_model.pth"
 
 
@@ -177,25 +170,23 @@ def run_one(ctx: Context, run_id: str) -> bool:
     exp, run = run_index(ctx.plan)[run_id]
     folder = ctx.study / run_folder(exp["name"], run)
     ctx.status.set_run(run_id, "running", rel(ctx, folder))
-    spent, cpu_start = 0.0, children_cpu_seconds()
+    spent = Spent()
     try:
         if run["train_flags"] is not None:
-            folder, spent = train_step(ctx, exp["name"], run)
+            folder = train_step(ctx, exp["name"], run, spent)
             checkpoints = [folder / "best_model.pth"]
         else:
             checkpoints = [best_model_of(ctx, ref) for ref in run["checkpoints"]]
         for ev in run["evals"]:
-            spent += eval_step(ctx, exp["name"], run, ev, checkpoints)
+            eval_step(ctx, exp["name"], run, ev, checkpoints, spent)
     except RunFailed as e:
-        message, seconds = e.args
-        ctx.status.set_run(run_id, "failed", rel(ctx, folder), spent + seconds, message,
-                           children_cpu_seconds() - cpu_start)
-        logging.warning(f"{run_id} failed: {message} (log: {rel(ctx, ctx.study / 'logs' / exp['name'] / run['key'])})")
+        ctx.status.set_run(run_id, "failed", rel(ctx, folder), spent.seconds, str(e), spent.cpu_seconds)
+        logging.warning(f"{run_id} failed: {e} (log: {rel(ctx, ctx.study / 'logs' / exp['name'] / run['key'])})")
         return False
     except KeyboardInterrupt:
-        ctx.status.set_run(run_id, "pending", rel(ctx, folder), spent, cpu=children_cpu_seconds() - cpu_start)
+        ctx.status.set_run(run_id, "pending", rel(ctx, folder), spent.seconds, cpu=spent.cpu_seconds)
         raise
-    ctx.status.set_run(run_id, "done", rel(ctx, folder), spent, cpu=children_cpu_seconds() - cpu_start)
+    ctx.status.set_run(run_id, "done", rel(ctx, folder), spent.seconds, cpu=spent.cpu_seconds)
     return True
 
 

@@ -58,7 +58,7 @@ class Status:
 
     def set_run(self, run_id: str, state: str, folder: str, seconds: float | None = None,
                 error: str | None = None, cpu: float | None = None) -> None:
-        """Record a run's state; seconds (wall) and cpu (CPU seconds of its subprocesses) are added to those of
+        """Record a run's state; seconds (wall) and cpu (CPU seconds of its scripts) are added to those of
         its earlier attempts."""
         old = self.runs.get(run_id, {})
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -56,8 +55,8 @@ def analyze_datasets(ctx: Context) -> None:
         if (out / "summary.json").is_file():
             continue
         logging.info(f"analyzing dataset {name} into {out}")
-        done = call([sys.executable, "-m", "tools.analyze_dataset", "--datasets_folder", str(ctx.datasets_folder),
-                     "--dataset_name", name, "--out", str(out)], ctx.study / "logs" / "analysis" / f"{name}.log")
+        done = call("tools.analyze_dataset", ["--datasets_folder", str(ctx.datasets_folder),
+                    "--dataset_name", name, "--out", str(out)], ctx.study / "logs" / "analysis" / f"{name}.log")
         ctx.status.add_step(f"analysis/{name}", done)
 
 
@@ -94,12 +93,12 @@ def summarize(ctx: Context, names: list[str]) -> None:
             continue
         if out.is_dir():
             shutil.rmtree(out)  # rebuilt from the run folders: no stale table or plot stays
-        done = call([sys.executable, "-m", "tools.collect_results", *map(str, roots), "--out", str(out)],
+        done = call("tools.collect_results", [*map(str, roots), "--out", str(out)],
                     ctx.study / "logs" / "summary" / f"{exp['name']}.log")
         ctx.status.add_step(f"summary/{exp['name']}", done)
 
 
 def measure_scale(ctx: Context) -> None:
     """study/scale.py: STUDY/scale/results.json (timings measured once, recall changes every time)."""
-    ctx.status.add_step("scale", call([sys.executable, "-m", "study.scale", str(ctx.study)],
+    ctx.status.add_step("scale", call("study.scale", [str(ctx.study)],
                                       ctx.study / "logs" / "scale.log"))
