@@ -205,3 +205,19 @@ def test_end_to_end_mode_profiles_a_real_epoch_and_estimates_pitts30k(tmp_path: 
     assert full["training"] == pytest.approx(5000 * 12 / (ph["training/compute"]["images"] / ph["training"]["s"]) / 60)
     assert run["pitts30k"]["rolling"]["cache encoding"] == pytest.approx((10000 + 4 * 2500 + 5000) / encode_rate / 60)
     assert full["total"] == pytest.approx(sum(v for k, v in full.items() if k != "total"))
+    assert run["flags"][run["flags"].index("--pretrain") + 1] == "imagenet"  # the default recipe: layers frozen
+
+
+def test_stand_in_imagenet_weights_make_train_py_freeze_as_with_imagenet(tmp_path: Path, monkeypatch) -> None:
+    """The end-to-end epoch's model is built as with ImageNet weights, offline: the stand-in file is where
+    torchvision looks, so --pretrain imagenet loads it (its values) and freezes conv1 to layer2; layer3 trains."""
+    from tools.benchmark import end_to_end
+    from model.backbones import build_backbone
+    end_to_end.stand_in_imagenet_weights(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (stored,) = (tmp_path / "hub" / "checkpoints").iterdir()
+    state = torch.load(stored)
+    bb = build_backbone(end_to_end.BACKBONE, "imagenet", "gem")
+    trains = {name.split(".")[0] for name, p in bb.net.named_parameters() if p.requires_grad}
+    assert trains == {"6"}  # conv1, bn1, relu, maxpool, layer1, layer2 (children 0-5) frozen; layer3 (6) trains
+    assert torch.equal(bb.net[0].weight, state["conv1.weight"])

@@ -2,12 +2,17 @@
 as a user runs it (its own process, full mining, one cache refresh), its time profile (runs/profile.py) beside the
 compute limit of each phase: the phase's images at the model's own in-memory rate, measured in the same run. Then a
 Pitts30k-sized epoch, estimated from the rates the run reached end to end.
+
+The epoch is the default recipe's: ImageNet-initialized, so the backbone's blocks before the last are frozen (for
+ResNet-18 conv4: conv1 to layer2 frozen, layer3 trains). No weights can be downloaded here, and the speed does not
+depend on their values: random weights of the same architecture stand in for ImageNet's, in a temporary TORCH_HOME.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -16,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 
 from commons import uses_channels_last
+from model.backbones import RESNET_CUTS
 from datasets_ws import BaseDataset, TripletsDataset
 from parser import train_parser
 from tools.benchmark.rates import make_model, model_run, train_run
@@ -41,10 +48,14 @@ MINING_ENCODED = {  # images a Pitts30k epoch encodes for its mining cache, by -
 }
 
 
+BACKBONE = "resnet18conv4"
+
+
 def run_flags(world: Path, out: Path, agg: str, precision: str, device: str, resize: tuple, r: dict) -> list[str]:
-    """train.py flags of the measured epoch."""
+    """train.py flags of the measured epoch (--pretrain imagenet: see stand_in_imagenet_weights)."""
     return ["--datasets_folder", str(world), "--dataset_name", "bench", "--resize", *map(str, resize),
-            "--pretrain", "none", "--aggregation", agg, "--precision", precision, "--device", device,
+            "--backbone", BACKBONE, "--pretrain", "imagenet", "--aggregation", agg, "--precision", precision,
+            "--device", device,
             "--mining", "full", "--epochs_num", "1", "--queries_per_epoch", str(r["queries"]),
             "--cache_refresh_rate", str(r["queries"]), "--train_batch_size", str(r["train_batch"]),
             "--negs_num_per_query", str(r["negs"]), "--neg_samples_num", str(r["database"] - 1),
@@ -52,10 +63,23 @@ def run_flags(world: Path, out: Path, agg: str, precision: str, device: str, res
             "--recall_values", *(str(n) for n in (1, 5, 10, 20) if n <= r["database"])]
 
 
-def run_epoch(flags: list[str], cwd: Path) -> tuple[dict, float]:
-    """Run train.py in its own process; its results.json and the whole process's wall seconds."""
+def stand_in_imagenet_weights(torch_home: Path) -> None:
+    """Random weights of BACKBONE's torchvision model where torchvision looks for its ImageNet file, under torch_home:
+    train.py --pretrain imagenet then builds (and freezes) the model as with the real weights, offline."""
+    arch = RESNET_CUTS[BACKBONE][0]
+    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    path = torch_home / "hub" / "checkpoints" / Path(weights.url).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.get_model(arch, weights=None).state_dict(), path)
+
+
+def run_epoch(flags: list[str], cwd: Path, torch_home: Path) -> tuple[dict, float]:
+    """Run train.py in its own process (TORCH_HOME: torch_home); its results.json and the whole process's wall
+    seconds."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "TORCH_HOME": str(torch_home)})
     wall = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"train.py failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
@@ -65,9 +89,10 @@ def run_epoch(flags: list[str], cwd: Path) -> tuple[dict, float]:
 
 def model_rates(flags: list[str], device: str, r: dict) -> dict[str, float]:
     """Images/s of the run's model alone, in memory: forward passes (eval) and training steps, best of repeats."""
-    args = train_parser().parse_args([*flags, "--num_workers", "0"])  # in memory: nothing to load
+    # in memory: nothing to load; random weights, frozen as the run's stand-in ImageNet model is
+    args = train_parser().parse_args([*flags, "--num_workers", "0", "--pretrain", "none"])
     torch.manual_seed(0)
-    model = make_model(args, device, freeze=False)  # --pretrain none: every layer trains
+    model = make_model(args, device, freeze=True)
     forward = model_run(model, args, device, 4 * r["batch"], uses_channels_last(device, args.precision))
     mem = TensorTriplets(torch.randn(2 + r["negs"], 3, *args.resize))
     steps = {"steps": max(1, r["queries"] // (4 * r["train_batch"]))}
@@ -166,7 +191,8 @@ def main(a) -> dict:
     resize = tuple(a.resize or ((32, 32) if a.quick else (480, 640)))
     runs = []
     with tempfile.TemporaryDirectory(prefix="vg_e2e_") as tmp:
-        world, cache = Path(tmp) / "world", Path(tmp) / "pixel_cache"
+        world, cache, torch_home = Path(tmp) / "world", Path(tmp) / "pixel_cache", Path(tmp) / "torch_home"
+        stand_in_imagenet_weights(torch_home)
         write_world(world, r["database"], r["queries"], resize, splits=("train", "val", "test"))
         build_pixel_caches(world, cache, resize)
         for agg, precision in ((g, p) for g in a.aggregations for p in a.precisions):
@@ -176,9 +202,10 @@ def main(a) -> dict:
                 cwd = Path(tmp) / f"{agg}_{precision}_{len(extra)}"
                 cwd.mkdir()
                 flags = run_flags(world, Path("e2e"), agg, precision, a.device, resize, r) + extra
-                results, wall = run_epoch(flags, cwd)
+                results, wall = run_epoch(flags, cwd, torch_home)
                 prof = results["time_profile"]
-                runs.append({"title": f"train.py, 1 epoch of {r['queries']} queries, full mining, {agg}, {precision}, "
+                runs.append({"title": f"train.py, 1 epoch of {r['queries']} queries, full mining, {BACKBONE} "
+                                      f"(conv1-layer2 frozen), {agg}, {precision}, "
                                       f"{resize[0]}×{resize[1]}, {r['database']} database images per split, "
                                       f"{a.device}, reading {source}: whole process {wall:.1f} s",
                              "source": source, "flags": flags, "rows": phase_rows(prof, rates, wall),
