@@ -7,14 +7,15 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import simplejpeg
 import torch
-import torchvision.transforms.v2 as T
 from torch.utils.data import default_collate
 from PIL import Image, UnidentifiedImageError
 
 from commons import UserError, uses_channels_last
+from dataio.transforms import resize, to_image
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -105,9 +106,10 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def build_resize(resize: tuple[int, int]) -> T.Compose:
-    """PIL image → uint8 tensor 3×H×W at the given (H, W)."""
-    return T.Compose([T.ToImage(), T.Resize(list(resize), antialias=True)])
+def build_resize(size: tuple[int, int]) -> Callable[[Image.Image | torch.Tensor], torch.Tensor]:
+    """PIL image (or uint8 tensor 3×h×w) → uint8 tensor 3×H×W at the given (H, W): torchvision's ToImage() and
+    Resize(size, antialias=True), without importing it (dataio/transforms.py)."""
+    return lambda img: resize(to_image(img), tuple(size))
 
 
 _SCALE = 1 / (255 * torch.tensor(IMAGENET_STD).view(3, 1, 1))  # uint8 → ImageNet-normalized float in one pass:
@@ -228,11 +230,11 @@ def decode_rgb(path: Path, target: tuple[int, int] | None = None) -> torch.Tenso
             pixels = _decode_jpeg(f.read(), target)
     except OSError:  # missing, unreadable: open_image's error
         pixels = None
-    return pixels if pixels is not None else T.functional.pil_to_tensor(open_image(path, target))
+    return pixels if pixels is not None else to_image(open_image(path, target))
 
 
 @functools.lru_cache(maxsize=16)
-def _resize(size: tuple[int, int]) -> T.Compose:
+def _resize(size: tuple[int, int]) -> Callable[[Image.Image | torch.Tensor], torch.Tensor]:
     return build_resize(size)
 
 

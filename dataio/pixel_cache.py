@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
 from tqdm import tqdm
 
 from commons import UserError
@@ -117,7 +116,7 @@ class PixelCache:
 
     def read(self, index: int) -> torch.Tensor:
         """Image index as uint8 3×H×W (a copy: the caller may change it)."""
-        return tv_tensors.Image(torch.from_numpy(np.array(self.pixels[index])).permute(2, 0, 1))
+        return torch.from_numpy(np.array(self.pixels[index])).permute(2, 0, 1)
 
     def __len__(self) -> int:
         return len(self.paths)

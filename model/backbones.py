@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from model import external_weights
 from model.cct import CCTFeatures, resample_grid
+from model.resnet import DEPTHS as RESNET_DEPTHS, resnet
 from commons import Registry, UserError
 
 BACKBONES = Registry("backbone")  # builder(pretrained: bool | str, aggregation: str) -> Backbone (--backbone)
@@ -50,18 +50,26 @@ def register_backbone(name: str, input_multiple: int = 1, cls_token: bool = Fals
     return deco
 
 
-def load_torchvision(arch: str, weights_enum: str | None):
-    """Build torchvision model `arch`, with ImageNet weights from torchvision's own cache/download.
+def load_torchvision(arch: str, weights_enum: str | None) -> nn.Module:
+    """torchvision's model `arch`, random (weights_enum None) or with its ImageNet weights from torchvision's own
+    cache or a download. ResNets are built by model/resnet.py (the same network and initialization), so building
+    one without weights (a checkpoint's architecture, --pretrain none) does not import torchvision.
 
     Offline with no cached file, stop with a message that says where to put the weights.
     """
-    builder = getattr(torchvision.models, arch)
+    if weights_enum is None and arch in RESNET_DEPTHS:
+        return resnet(arch)
+    import torchvision  # lazy: importing it costs every start-up seconds (it imports torch._dynamo)
     if weights_enum is None:
-        return builder(weights=None)
+        return getattr(torchvision.models, arch)(weights=None)
     weights = torchvision.models.get_weight(weights_enum)
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
-        return builder(weights=weights)
+        if arch not in RESNET_DEPTHS:
+            return getattr(torchvision.models, arch)(weights=weights)
+        model = resnet(arch)  # what torchvision's builder does: the random network, then the file's weights
+        model.load_state_dict(weights.get_state_dict(progress=True, check_hash=True))
+        return model
     except Exception as e:  # URLError, socket errors, hash mismatch...
         raise UserError(f"ImageNet weights for {arch} are not available ({type(e).__name__}); "
                         f"download {weights.url} to {path}, or pass --pretrain none") from None

@@ -16,13 +16,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2 as T
-import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torch.utils import data
 
 from commons import UserError
 from dataio.images import normalize, open_image
+from dataio.transforms import resize, to_image
 from retrieval.evaluation import EvalResult, InferenceConfig, evaluate_descriptors, extract_features, test
 from retrieval.indexing import search
 
@@ -92,18 +91,20 @@ class CropsEncoder(nn.Module):
 # ------------------------------------------------------------------------------------- query transforms
 def hard_resize(size: tuple[int, int]) -> Callable:
     """PIL image → normalized 3×H×W at exactly `size` (what the database gets)."""
-    return T.Compose([T.ToImage(), T.Resize(list(size), antialias=True), normalize])
+    return lambda img: normalize(resize(to_image(img), tuple(size)))
 
 
 def original_size(size: tuple[int, int]) -> Callable:
     """PIL image → normalized 3×H×W at its own size."""
-    return T.Compose([T.ToImage(), normalize])
+    return lambda img: normalize(to_image(img))
 
 
 def central_crop(size: tuple[int, int]) -> Callable:
     """Scale the image so that it covers `size`, then take the central crop of `size`."""
+    import torchvision.transforms.v2.functional as TF  # lazy: start-up time (only this test method needs it)
+
     def fn(img) -> torch.Tensor:
-        x = TF.to_image(img)
+        x = to_image(img)
         scale = max(size[0] / x.shape[-2], size[1] / x.shape[-1])
         x = TF.resize(x, [max(size[0], round(x.shape[-2] * scale)), max(size[1], round(x.shape[-1] * scale))],
                       antialias=True)
@@ -113,10 +114,11 @@ def central_crop(size: tuple[int, int]) -> Callable:
 
 def five_crops(size: tuple[int, int]) -> Callable:
     """Shorter side resized to S = min(size), then the four corner and the central S×S crops: (3·5)×S×S."""
+    import torchvision.transforms.v2.functional as TF  # lazy: start-up time (only this test method needs it)
     side = min(size)
 
     def fn(img) -> torch.Tensor:
-        x = normalize(TF.resize(TF.to_image(img), [side], antialias=True))
+        x = normalize(TF.resize(to_image(img), [side], antialias=True))
         return torch.cat(TF.five_crop(x, [side, side]), dim=0)
     return fn
 

@@ -127,3 +127,25 @@ def test_vit_builder_uses_cls_and_freezes_all_but_last_block(monkeypatch) -> Non
                  for n, p in bb.net.named_parameters() if p.requires_grad}
     assert trainable == {"blocks.encoder_layer_1", "norm"}
     assert not build_backbone("vit_b_16", pretrained=False, aggregation="gem").net.cls_token
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_resnets_are_torchvisions_network_and_initialization(arch: str) -> None:
+    """model/resnet.py (built without importing torchvision) against torchvision.models.<arch>: with the same seed,
+    the same parameter names and values, the same random draws used, and the same outputs and gradients."""
+    import torchvision
+    from model.resnet import resnet
+    nets, after = [], []
+    for build in (lambda: resnet(arch), lambda: getattr(torchvision.models, arch)(weights=None)):
+        torch.manual_seed(3)
+        nets.append(build())
+        after.append(torch.rand(4))  # the generator's state after building
+    ours, theirs = (n.state_dict() for n in nets)
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert torch.equal(*after)
+    x = torch.randn(2, 3, 64, 96)
+    outs = [n(x) for n in nets]  # train mode: batch statistics
+    assert torch.equal(*outs)
+    for out in outs:
+        out.square().sum().backward()
+    assert torch.equal(nets[0].layer1[0].conv1.weight.grad, nets[1].layer1[0].conv1.weight.grad)

@@ -11,36 +11,42 @@ import logging
 from typing import Callable
 
 import torch
-import torchvision.transforms.v2 as T
 
 from cli.augmentation_flags import augmentation_settings
 
 JITTER_KNOBS = ("brightness", "contrast", "saturation", "hue")
 
 
-def _blur(sigma: float, size: tuple[int, int]) -> T.Transform:
+def v2():
+    """torchvision.transforms.v2, imported on first use: importing torchvision costs seconds (torch._dynamo), which
+    a run without augmentation does not pay."""
+    import torchvision.transforms.v2 as T
+    return T
+
+
+def _blur(sigma: float, size: tuple[int, int]) -> Callable:
     """Gaussian blur with sigma drawn from [0.1, sigma]; kernel ±3 sigma, clipped to what fits the image."""
     half = min(max(1, int(3 * sigma)), min(size) - 1)
-    return T.GaussianBlur(kernel_size=2 * half + 1, sigma=(min(0.1, sigma), sigma))
+    return v2().GaussianBlur(kernel_size=2 * half + 1, sigma=(min(0.1, sigma), sigma))
 
 
 # (knobs, builder(settings, (H, W))) in application order: geometry, colour, then erasing.
 # A transform runs when any of its knobs is on; the colour jitter knobs share one ColorJitter.
-STAGES: list[tuple[tuple[str, ...], Callable[[dict, tuple[int, int]], T.Transform]]] = [
+STAGES: list[tuple[tuple[str, ...], Callable[[dict, tuple[int, int]], Callable]]] = [
     (("random_resized_crop",),
-     lambda s, size: T.RandomResizedCrop(list(size), scale=(s["random_resized_crop"], 1.0), antialias=True)),
-    (("random_perspective",), lambda s, size: T.RandomPerspective(distortion_scale=s["random_perspective"], p=1.0)),
+     lambda s, size: v2().RandomResizedCrop(list(size), scale=(s["random_resized_crop"], 1.0), antialias=True)),
+    (("random_perspective",), lambda s, size: v2().RandomPerspective(distortion_scale=s["random_perspective"], p=1.0)),
     (("random_rotation",),
-     lambda s, size: T.RandomRotation(s["random_rotation"], interpolation=T.InterpolationMode.BILINEAR)),
-    (("horizontal_flip",), lambda s, size: T.RandomHorizontalFlip(s["horizontal_flip"])),
-    (JITTER_KNOBS, lambda s, size: T.ColorJitter(**{k: s[k] for k in JITTER_KNOBS if k in s})),
-    (("grayscale",), lambda s, size: T.RandomGrayscale(s["grayscale"])),
+     lambda s, size: v2().RandomRotation(s["random_rotation"], interpolation=v2().InterpolationMode.BILINEAR)),
+    (("horizontal_flip",), lambda s, size: v2().RandomHorizontalFlip(s["horizontal_flip"])),
+    (JITTER_KNOBS, lambda s, size: v2().ColorJitter(**{k: s[k] for k in JITTER_KNOBS if k in s})),
+    (("grayscale",), lambda s, size: v2().RandomGrayscale(s["grayscale"])),
     (("gaussian_blur",), lambda s, size: _blur(s["gaussian_blur"], size)),
-    (("random_erasing",), lambda s, size: T.RandomErasing(p=s["random_erasing"], value=0)),
+    (("random_erasing",), lambda s, size: v2().RandomErasing(p=s["random_erasing"], value=0)),
 ]
 
 
-def build_transforms(settings: dict[str, float], size: tuple[int, int]) -> list[T.Transform]:
+def build_transforms(settings: dict[str, float], size: tuple[int, int]) -> list[Callable]:
     """The transforms for the effective (non-zero) knob values, in application order."""
     return [build(settings, size) for knobs, build in STAGES if any(k in settings for k in knobs)]
 
@@ -51,7 +57,7 @@ class Augmentation:
     def __init__(self, settings: dict[str, float], targets: str, size: tuple[int, int]):
         self.targets = targets
         self.transforms = build_transforms(settings, size)
-        self.transform = T.Compose(self.transforms)
+        self.transform = v2().Compose([v2().ToImage(), *self.transforms])  # the tensor marked as an image
 
     def __call__(self, img: torch.Tensor, is_query: bool) -> torch.Tensor:
         if self.targets == "queries" and not is_query:
