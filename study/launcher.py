@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("train", "eval")  # top-level scripts (python train.py); any other module runs as python -m module
 # imported once by the server: the scripts, and what they import lazily for start-up time (--help, eval.py)
-PRELOAD = ["train", "eval", "faiss", "sklearn.decomposition", "matplotlib.pyplot"]
+PRELOAD = ["train", "eval", "faiss", "sklearn.decomposition", "matplotlib.pyplot", "torchvision.transforms.v2"]
 
 
 def _context() -> mp.context.BaseContext:
