@@ -2,7 +2,6 @@
 draft scaling, resize, channels-last batches, normalization."""
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
@@ -233,11 +232,6 @@ def decode_rgb(path: Path, target: tuple[int, int] | None = None) -> torch.Tenso
     return pixels if pixels is not None else to_image(open_image(path, target))
 
 
-@functools.lru_cache(maxsize=16)
-def _resize(size: tuple[int, int]) -> Callable[[Image.Image | torch.Tensor], torch.Tensor]:
-    return build_resize(size)
-
-
 def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """Image file → uint8 tensor 3×H×W at size (H, W): decode_rgb with draft decoding, then build_resize."""
-    return _resize(tuple(size))(decode_rgb(path, tuple(size)))
+    """Image file → uint8 tensor 3×H×W at size (H, W): decode_rgb with draft decoding, then the resize."""
+    return resize(decode_rgb(path, tuple(size)), tuple(size))

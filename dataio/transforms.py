@@ -2,7 +2,7 @@
 
 `to_image` and `resize` give exactly the pixels of torchvision's `ToImage()` and `Resize(size, antialias=True)`
 (bilinear) on the same input: the same operations, including torchvision's choice between resizing uint8 natively
-and through float32 (tests/test_datasets.py compares both). The augmentations, which need torchvision's random
+and through float32 (tests/test_transforms.py compares both). The augmentations, which need torchvision's random
 transforms, import it themselves (training/augmentations.py).
 """
 from __future__ import annotations

@@ -37,7 +37,8 @@ class Block(nn.Module):
         else:
             self.conv1, self.bn1 = conv(c_in, planes, 1), nn.BatchNorm2d(planes)
             self.conv2, self.bn2 = conv(planes, planes, 3, stride), nn.BatchNorm2d(planes)
-            self.conv3, self.bn3 = conv(planes, planes * 4, 1), nn.BatchNorm2d(planes * 4)
+            c_out = planes * EXPANSION[kind]
+            self.conv3, self.bn3 = conv(planes, c_out, 1), nn.BatchNorm2d(c_out)
             self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 

@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils import data
 
 from commons import UserError
-from dataio.images import normalize, open_image
-from dataio.transforms import resize, to_image
+from dataio.images import build_resize, normalize, open_image
+from dataio.transforms import to_image
 from retrieval.evaluation import EvalResult, InferenceConfig, evaluate_descriptors, extract_features, test
 from retrieval.indexing import search
 
@@ -91,7 +91,8 @@ class CropsEncoder(nn.Module):
 # ------------------------------------------------------------------------------------- query transforms
 def hard_resize(size: tuple[int, int]) -> Callable:
     """PIL image → normalized 3×H×W at exactly `size` (what the database gets)."""
-    return lambda img: normalize(resize(to_image(img), tuple(size)))
+    to_size = build_resize(size)
+    return lambda img: normalize(to_size(img))
 
 
 def original_size(size: tuple[int, int]) -> Callable:

@@ -26,9 +26,9 @@ SKIPS = [  # (pattern of the command, reason); the first match decides
                              "the demo's recipe"),
     (r"\btorchrun\b", "needs torchrun with several processes (tests/test_ddp.py runs the CPU path)"),
     (r"--device cuda|\bgpu[-_]check\b", "needs a GPU"),
-    (r"^make study\b|study\.py(?!.*--dry_run)", "runs real trainings (the default study trains dozens of models); "
+    (r"(^|\s)make study\b|study\.py(?!.*--dry_run)", "runs real trainings (the default study trains dozens of models); "
                                                 "tests/test_study.py runs study.py on a tiny plan"),
-    (r"^make report\b|report\.py logs/study", "needs a finished study (make study, hours); tests/test_report.py runs "
+    (r"(^|\s)make report\b|report\.py logs/study", "needs a finished study (make study, hours); tests/test_report.py runs "
                                               "report.py on a tiny study"),
     (r"logs/demo|data/demo", "needs the world and model of make demo (skipped above)"),
     (r"\b(CKPT|DIR)\b", "placeholders (CKPT, DIR) for your checkpoint and folders"),
