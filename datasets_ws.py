@@ -17,7 +17,7 @@ import torch.utils.data as data
 from commons import UserError
 from dataio.dataset_files import (IMAGE_EXTENSIONS, MAX_LISTED, UnreadableImagesError, build_all,  # noqa: F401 (API)
                            drop_unreadable, list_images, report_duplicates)
-from dataio.images import load_image, stack_channels_last
+from dataio.images import load_image, map_loading, stack_channels_last
 from dataio.pixel_cache import PixelCache
 
 DATABASE_FOLDER_NAMES = ("database", "gallery")
@@ -155,6 +155,16 @@ class BaseDataset(data.Dataset):
             return self.pixel_cache.read(index)
         return load_image(self.images_paths[index], self.resize)
 
+    def load_uint8_many(self, indices: list[int]) -> list[torch.Tensor]:
+        """load_uint8 of each index, decoded in parallel by images.map_loading (the pixel cache: one by one)."""
+        if self.pixel_cache is not None:
+            return [self.pixel_cache.read(i) for i in indices]
+        return map_loading(self.load_uint8, indices)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """The items of a batch (what a DataLoader asks for), their images loaded together."""
+        return list(zip(self.load_uint8_many(indices), indices))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """(uint8 image 3×H×W, index); images.to_input normalizes whole batches."""
         return self.load_uint8(index), index
@@ -179,6 +189,9 @@ class ImagesView(data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.base.load_uint8(index), index
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        return BaseDataset.__getitems__(self.base, indices)
 
     def __len__(self) -> int:
         return len(self.base.images_paths)
@@ -220,12 +233,21 @@ class TripletsDataset(BaseDataset):
         self.triplets = triplets
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        q, *db = self.triplets[index].tolist()
-        ids = [self.database_num + q] + db
-        images = [self.load_uint8(i) for i in ids]
-        if self.augmentation is not None:  # callable(uint8 3×H×W, is_query) -> uint8 3×H×W
-            images = [self.augmentation(img, j == 0) for j, img in enumerate(images)]
-        return stack_channels_last(images), torch.tensor(ids)  # uint8 (2+K)×3×H×W, channels-last memory
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Items of a batch: (uint8 images (2+K)×3×H×W in channels-last memory, their indices (2+K)), every image
+        of the batch loaded together; augmented afterwards, item by item, in the order of one-by-one loading."""
+        rows = self.triplets[indices]  # B×(2+K): query, positive, negatives
+        ids = np.concatenate([rows[:, :1] + self.database_num, rows[:, 1:]], axis=1)  # database-then-queries
+        loaded = self.load_uint8_many(ids.ravel().tolist())
+        n, items = ids.shape[1], []
+        for b, row in enumerate(ids):
+            images = loaded[b * n:(b + 1) * n]
+            if self.augmentation is not None:  # callable(uint8 3×H×W, is_query) -> uint8 3×H×W
+                images = [self.augmentation(img, j == 0) for j, img in enumerate(images)]
+            items.append((stack_channels_last(images), torch.as_tensor(row, dtype=torch.int64)))
+        return items
 
     def __len__(self) -> int:
         return len(self.triplets)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import simplejpeg
 import torch
@@ -235,3 +236,21 @@ def decode_rgb(path: Path, target: tuple[int, int] | None = None) -> torch.Tenso
 def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """Image file → uint8 tensor 3×H×W at size (H, W): decode_rgb with draft decoding, then the resize."""
     return resize(decode_rgb(path, tuple(size)), tuple(size))
+
+
+T, R = TypeVar("T"), TypeVar("R")
+_pool: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads) → the pool of that process
+
+
+def map_loading(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """[fn(x) for x in items], spread over torch.get_num_threads() threads: JPEG decoding and the resize release the
+    GIL, so a batch loaded in the main process (--num_workers 0) uses the cores the model uses, instead of one. One
+    by one where torch has one thread (a DataLoader worker: the workers are the parallelism there). Same results,
+    same order, the first error raised."""
+    threads = torch.get_num_threads()
+    if threads < 2 or len(items) < 2:
+        return [fn(x) for x in items]
+    key = (os.getpid(), threads)  # a forked child has none of its parent's threads: a pool of its own
+    if key not in _pool:
+        _pool[key] = ThreadPoolExecutor(threads, thread_name_prefix="load")
+    return list(_pool[key].map(fn, items))

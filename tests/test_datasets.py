@@ -12,7 +12,7 @@ from commons import UserError, setup_logging
 from dataio.dataset_files import UnreadableImagesError, find_duplicates, list_images, report_duplicates
 from helpers import write_image
 from datasets_ws import BaseDataset, TripletsDataset, parse_utm, radius_neighbors
-from dataio.images import PIXEL_LIMIT_ENV, image_problem, normalize
+from dataio.images import PIXEL_LIMIT_ENV, image_problem, load_image, normalize
 
 
 def shade(value: int) -> tuple[int, int, int]:
@@ -129,6 +129,29 @@ def test_triplet_item_shape_and_ids(tmp_path: Path) -> None:
     assert ids.tolist() == [3, 0, 2, 1]  # query 0 is item database_num + 0
     assert images.dtype == torch.uint8  # normalized per batch by images.to_input
     assert torch.equal(images[0], ds.load_uint8(3)) and torch.equal(images[2], ds.load_uint8(2))
+
+
+def test_a_batch_loaded_together_equals_its_items_loaded_one_by_one(tiny_world: Path) -> None:
+    """What a DataLoader asks for (__getitems__, the images decoded by several threads) against the reference: each
+    image of each item loaded on its own, in the main thread; augmentation draws in the same order."""
+    ds = TripletsDataset(tiny_world, "synthetic", "train", resize=(24, 20),
+                         augmentation=lambda img, is_query: img.roll(int(torch.randint(0, 5, ())), dims=-1))
+    rng = np.random.default_rng(0)
+    ds.set_triplets(np.concatenate([rng.integers(0, ds.queries_num, (6, 1)),
+                                    rng.integers(0, ds.database_num, (6, 5))], axis=1))
+    torch.manual_seed(3)
+    batch = ds.__getitems__([4, 1, 5])
+    torch.manual_seed(3)
+    for (images, ids), i in zip(batch, [4, 1, 5]):
+        q, *db = ds.triplets[i].tolist()
+        ref_ids = [ds.database_num + q] + db
+        ref = torch.stack([ds.augmentation(load_image(ds.images_paths[j], (24, 20)), k == 0)
+                           for k, j in enumerate(ref_ids)])
+        assert ids.tolist() == ref_ids and ids.dtype == torch.int64
+        assert torch.equal(images, ref)
+    views = ds.as_images().__getitems__([7, 0, 3])
+    assert [i for _, i in views] == [7, 0, 3]
+    assert all(torch.equal(img, load_image(ds.images_paths[i], (24, 20))) for img, i in views)
 
 
 def test_no_train_positive_at_all_is_an_error(tmp_path: Path) -> None:
