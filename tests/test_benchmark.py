@@ -205,6 +205,13 @@ def test_end_to_end_mode_profiles_a_real_epoch_and_estimates_pitts30k(tmp_path: 
     assert full["training"] == pytest.approx(5000 * 12 / (ph["training/compute"]["images"] / ph["training"]["s"]) / 60)
     assert run["pitts30k"]["rolling"]["cache encoding"] == pytest.approx((10000 + 4 * 2500 + 5000) / encode_rate / 60)
     assert full["total"] == pytest.approx(sum(v for k, v in full.items() if k != "total"))
+    # with 1 negative per query: 3 images per query, at the run's rate scaled by the two in-memory step rates
+    one = run["pitts30k"]["full, 1 negative"]
+    assert end_to_end.FEWER_NEGS == 1 and run["rates"]["train_fewer_negs"] > 0
+    assert one["training"] == pytest.approx(full["training"] * 3 / 12 * run["rates"]["train"]
+                                            / run["rates"]["train_fewer_negs"])
+    assert {k: v for k, v in one.items() if k not in ("training", "total")} == \
+        {k: v for k, v in full.items() if k not in ("training", "total")}
     assert run["flags"][run["flags"].index("--pretrain") + 1] == "imagenet"  # the default recipe: layers frozen
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -35,6 +36,7 @@ RUN = {  # the epoch: `queries` training queries, one refresh, `database` images
     "full": {"database": 400, "queries": 100, "batch": 16, "train_batch": 4, "negs": 10, "repeats": 3},
     "quick": {"database": 12, "queries": 4, "batch": 4, "train_batch": 2, "negs": 2, "repeats": 1},
 }
+FEWER_NEGS = 1  # negatives per query of the estimate's second recipe (the study's "negatives" experiment)
 # Pitts30k (datasets_vg): train 10k database / 7416 queries, val 10k / 7608; dVGL's training defaults.
 PITTS30K = {"database": 10000, "queries_per_epoch": 5000, "refresh": 1000, "val_images": 10000 + 7608,
             "negs": 10, "neg_samples": 1000, "rolling_period": 4}
@@ -87,22 +89,31 @@ def run_epoch(flags: list[str], cwd: Path, torch_home: Path) -> tuple[dict, floa
     return results, wall
 
 
+def step_rate(model, flags: list[str], device: str, r: dict, negs: int):
+    """run(warmup) → images/s of in-memory training steps of r["train_batch"] queries × (2 + negs) images."""
+    args = train_parser().parse_args([*flags, "--num_workers", "0", "--pretrain", "none",
+                                      "--negs_num_per_query", str(negs)])
+    mem = TensorTriplets(torch.randn(2 + negs, 3, *args.resize))
+    zeros = lambda n: np.zeros((n, 2 + negs), dtype=np.int64)  # noqa: E731
+    pairs = train_run(model, mem, zeros, args, device, {"steps": max(1, r["queries"] // (4 * r["train_batch"]))})
+    return lambda warmup: pairs(warmup) * (2 + negs) / negs  # query-negative pairs/s → images/s
+
+
 def model_rates(flags: list[str], device: str, r: dict) -> dict[str, float]:
-    """Images/s of the run's model alone, in memory: forward passes (eval) and training steps, best of repeats."""
+    """Images/s of the run's model alone, in memory, best of repeats: forward passes (eval), training steps with the
+    run's negatives per query ("train") and with FEWER_NEGS ("train_fewer_negs")."""
     # in memory: nothing to load; random weights, frozen as the run's stand-in ImageNet model is
     args = train_parser().parse_args([*flags, "--num_workers", "0", "--pretrain", "none"])
     torch.manual_seed(0)
     model = make_model(args, device, freeze=True)
-    forward = model_run(model, args, device, 4 * r["batch"], uses_channels_last(device, args.precision))
-    mem = TensorTriplets(torch.randn(2 + r["negs"], 3, *args.resize))
-    steps = {"steps": max(1, r["queries"] // (4 * r["train_batch"]))}
-    zeros = lambda n: np.zeros((n, 2 + r["negs"]), dtype=np.int64)  # noqa: E731
-    step = train_run(model, mem, zeros, args, device, steps)
-    forward(True), step(True)
-    best = {"forward": 0.0, "train": 0.0}
-    for _ in range(r["repeats"]):
-        best["forward"] = max(best["forward"], forward(False))
-        best["train"] = max(best["train"], step(False) * (2 + r["negs"]) / r["negs"])  # pairs/s → images/s
+    runs = {"forward": model_run(model, args, device, 4 * r["batch"], uses_channels_last(device, args.precision)),
+            "train": step_rate(model, flags, device, r, r["negs"]),
+            "train_fewer_negs": step_rate(model, flags, device, r, FEWER_NEGS)}
+    best = dict.fromkeys(runs, 0.0)
+    for warmup in [True] + [False] * r["repeats"]:
+        for name, run in runs.items():
+            rate = run(warmup)
+            best[name] = best[name] if warmup else max(best[name], rate)
     return best
 
 
@@ -134,20 +145,22 @@ def phase_rows(profile: dict, rates: dict[str, float], wall: float) -> list[dict
     return rows
 
 
-def pitts30k_estimate(profile: dict, mined_queries: int) -> dict[str, dict[str, float]]:
-    """Minutes per phase of a Pitts30k-sized epoch per --mining, at the run's end-to-end rates (decoding included);
-    search and selection scale with the queries mined."""
+def pitts30k_estimate(profile: dict, mined_queries: int, rates: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Minutes per phase of a Pitts30k-sized epoch per --mining, at the run's end-to-end rates (decoding included),
+    with the recipe's negatives per query and with FEWER_NEGS: the training rate of the latter is the run's, scaled
+    by the two step rates measured in memory (rates). Search and selection scale with the queries mined."""
     ph = profile["phases"]
     encode = ph["mining/encode"]["images"] / ph["mining/encode"]["s"]
     validate = ph["validation/encode"]["images"] / ph["validation/encode"]["s"]
     train_rate = ph["training/compute"]["images"] / ph["training"]["s"]  # waiting for data included
     per_query = sum(ph.get(k, {}).get("s", 0.0) for k in ("mining/search", "mining/select")) / mined_queries
     P, out = PITTS30K, {}
-    for mining, encoded in MINING_ENCODED.items():
+    recipes = {"": (P["negs"], train_rate),
+               f", {FEWER_NEGS} negative": (FEWER_NEGS, train_rate * rates["train_fewer_negs"] / rates["train"])}
+    for (suffix, (negs, rate)), (mining, encoded) in itertools.product(recipes.items(), MINING_ENCODED.items()):
         parts = {"cache encoding": encoded(P) / encode, "search + selection": per_query * P["queries_per_epoch"],
-                 "training": P["queries_per_epoch"] * (2 + P["negs"]) / train_rate,
-                 "validation": P["val_images"] / validate}
-        out[mining] = {k: v / 60 for k, v in parts.items()} | {"total": sum(parts.values()) / 60}
+                 "training": P["queries_per_epoch"] * (2 + negs) / rate, "validation": P["val_images"] / validate}
+        out[mining + suffix] = {k: v / 60 for k, v in parts.items()} | {"total": sum(parts.values()) / 60}
     return out
 
 
@@ -162,15 +175,16 @@ def format_report(runs: list[dict]) -> str:
         ph = run["time_profile"]["phases"]
         epoch = next(r for r in run["rows"] if r["phase"].startswith("epoch"))
         lines += [f"model alone, in memory: forward {run['rates']['forward']:.1f} img/s, training step "
-                  f"{run['rates']['train']:.1f} img/s; training reached "
+                  f"{run['rates']['train']:.1f} img/s ({run['rates']['train_fewer_negs']:.1f} with {FEWER_NEGS} "
+                  f"negative per query); training reached "
                   f"{100 * ph['training/compute']['images'] / ph['training']['s'] / run['rates']['train']:.0f}% of "
                   f"that step rate; the epoch took {epoch['s'] / epoch['limit_s']:.2f}× its compute at the model's "
                   f"own rates",
                   "Pitts30k-sized epoch (5000 queries, refresh every 1000; validation 10k + 7.6k images), minutes:",
-                  f"{'mining':<9}" + "".join(f"{k:>20}" for k in next(iter(run["pitts30k"].values())))]
+                  f"{'mining':<20}" + "".join(f"{k:>19}" for k in next(iter(run["pitts30k"].values())))]
         for mining, parts in run["pitts30k"].items():
             top = max((k for k in parts if k != "total"), key=parts.get)
-            lines.append(f"{mining:<9}" + "".join(f"{v:20.1f}" for v in parts.values()) + f"   (most: {top})")
+            lines.append(f"{mining:<20}" + "".join(f"{v:19.1f}" for v in parts.values()) + f"   (most: {top})")
     lines.append("partial: the queries' positives counted as one image each (a lower bound)")
     return "\n".join(lines)
 
@@ -209,6 +223,6 @@ def main(a) -> dict:
                                       f"{resize[0]}×{resize[1]}, {r['database']} database images per split, "
                                       f"{a.device}, reading {source}: whole process {wall:.1f} s",
                              "source": source, "flags": flags, "rows": phase_rows(prof, rates, wall),
-                             "rates": rates, "time_profile": prof, "pitts30k": pitts30k_estimate(prof, r["queries"])})
+                             "rates": rates, "time_profile": prof, "pitts30k": pitts30k_estimate(prof, r["queries"], rates)})
     print(format_report(runs))
     return {"end_to_end": runs}
