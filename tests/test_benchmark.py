@@ -197,6 +197,8 @@ def test_end_to_end_mode_profiles_a_real_epoch_and_estimates_pitts30k(tmp_path: 
     assert rows["training: compute"]["limit_s"] == pytest.approx(rows["training: compute"]["images"]
                                                                  / run["rates"]["train"])
     assert rows["epoch (mining + training)"]["s"] == pytest.approx(ph["mining"]["s"] + ph["training"]["s"])
+    around = (ph["mining"]["s"] + ph["training"]["s"]) - ph["mining/encode/forward"]["s"] - ph["training/compute"]["s"]
+    assert end_to_end.around_model_s(ph) == pytest.approx(around) and around >= ph["training/data"]["s"]
     assert rows["whole process"]["s"] >= run["time_profile"]["total_s"]  # the process outlives its profile
     # Pitts30k, full mining: 5 refreshes × (10000 database + 1000 queries) images at the run's encoding rate
     full = run["pitts30k"]["full"]

@@ -164,6 +164,13 @@ def pitts30k_estimate(profile: dict, mined_queries: int, rates: dict[str, float]
     return out
 
 
+def around_model_s(phases: dict) -> float:
+    """Seconds of the epoch (mining + training) spent outside the model's own work, its forward passes and training
+    steps: what the run adds around the model, whatever speed the model ran at in this run."""
+    inside = phases["mining/encode/forward"]["s"] + phases["training/compute"]["s"]
+    return phases["mining"]["s"] + phases["training"]["s"] - inside
+
+
 def format_report(runs: list[dict]) -> str:
     """The tables: each run's phases beside their limits, then the Pitts30k estimates."""
     lines = []
@@ -180,6 +187,8 @@ def format_report(runs: list[dict]) -> str:
                   f"{100 * ph['training/compute']['images'] / ph['training']['s'] / run['rates']['train']:.0f}% of "
                   f"that step rate; the epoch took {epoch['s'] / epoch['limit_s']:.2f}× its compute at the model's "
                   f"own rates",
+                  f"around the model (the epoch less its forward passes and training steps: loading, search, "
+                  f"selection): {around_model_s(ph):.2f} s, {100 * around_model_s(ph) / epoch['s']:.1f}% of the epoch",
                   "Pitts30k-sized epoch (5000 queries, refresh every 1000; validation 10k + 7.6k images), minutes:",
                   f"{'mining':<20}" + "".join(f"{k:>19}" for k in next(iter(run["pitts30k"].values())))]
         for mining, parts in run["pitts30k"].items():
