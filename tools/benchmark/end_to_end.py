@@ -232,6 +232,7 @@ def main(a) -> dict:
                                       f"{resize[0]}×{resize[1]}, {r['database']} database images per split, "
                                       f"{a.device}, reading {source}: whole process {wall:.1f} s",
                              "source": source, "flags": flags, "rows": phase_rows(prof, rates, wall),
-                             "rates": rates, "time_profile": prof, "pitts30k": pitts30k_estimate(prof, r["queries"], rates)})
+                             "rates": rates, "time_profile": prof,
+                             "pitts30k": pitts30k_estimate(prof, r["queries"], rates)})
     print(format_report(runs))
     return {"end_to_end": runs}
