@@ -90,8 +90,10 @@ Mining chooses the training negatives: most random database images are already f
 triplet loss, so the miner encodes candidates with the current model and keeps the hardest (closest) ones. Its
 downsides: the encoding costs time (a full pass over the database at every cache refresh), the cached descriptors go
 stale as the model changes, and the hardest negatives are often label noise (images of the same place beyond the
-radius, or views of the same façade), which can slow or destabilize training. In this study:
-{bullets(row_facts(study, 'mining', with_time=True))}
+radius, or views of the same façade), which can slow or destabilize training. The number of negatives kept per
+query sets the cost of training itself: a query with $M$ negatives is $2 + M$ images through the network, forward
+and backward. In this study:
+{bullets(row_facts(study, 'mining', with_time=True) + row_facts(study, 'negs_num_per_query', with_time=True))}
 == How do NetVLAD and GeM relate to the recall–scalability trade-off?
 GeM gives one value per channel ({dims['gem']} dimensions in this study), NetVLAD one residual per cluster and
 channel ({dims['netvlad']} dimensions): richer, often more accurate, but its memory and exhaustive search time grow
