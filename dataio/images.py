@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -240,17 +241,23 @@ def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
 
 T, R = TypeVar("T"), TypeVar("R")
 _pool: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads) → the pool of that process
+PARALLEL_MIN_S = 3e-4  # an item loaded faster is not worth a hand-off to a thread (~0.1 ms: a 32-px file)
 
 
 def map_loading(fn: Callable[[T], R], items: list[T]) -> list[R]:
     """[fn(x) for x in items], spread over torch.get_num_threads() threads: JPEG decoding and the resize release the
-    GIL, so a batch loaded in the main process (--num_workers 0) uses the cores the model uses, instead of one. One
-    by one where torch has one thread (a DataLoader worker: the workers are the parallelism there). Same results,
-    same order, the first error raised."""
+    GIL, so a batch loaded in the main process (--num_workers 0) uses the cores the model uses, instead of one. The
+    first item is loaded here and timed: below PARALLEL_MIN_S (tiny files) the rest follow one by one too. One by one
+    where torch has one thread (a DataLoader worker: the workers are the parallelism there). Same results, same
+    order, the first error raised."""
     threads = torch.get_num_threads()
-    if threads < 2 or len(items) < 2:
+    if threads < 2 or len(items) < 3:
         return [fn(x) for x in items]
+    start = time.perf_counter()
+    first = fn(items[0])
+    if time.perf_counter() - start < PARALLEL_MIN_S:
+        return [first] + [fn(x) for x in items[1:]]
     key = (os.getpid(), threads)  # a forked child has none of its parent's threads: a pool of its own
     if key not in _pool:
         _pool[key] = ThreadPoolExecutor(threads, thread_name_prefix="load")
-    return list(_pool[key].map(fn, items))
+    return [first] + list(_pool[key].map(fn, items[1:]))

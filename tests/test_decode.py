@@ -163,27 +163,30 @@ def test_normalize_is_the_same_multiply_add_in_every_layout(layout) -> None:
 
 
 def _thread_of(barrier):
-    """A task that waits (at most 10 s) until `barrier.parties` tasks run at once, then names its thread."""
+    """A task that waits (at most 10 s) until `barrier.parties` tasks run at once (the first item, loaded alone,
+    does not wait), then names its thread."""
     import threading
 
     def task(x: int) -> tuple[int, str]:
-        barrier.wait(timeout=10)
+        if x != 0:
+            barrier.wait(timeout=10)
         return x, threading.current_thread().name
     return task
 
 
 @pytest.fixture
-def two_torch_threads():
+def two_torch_threads(monkeypatch):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    monkeypatch.setattr(images, "PARALLEL_MIN_S", 0.0)  # every first item counts as slow: the rest go to threads
     yield
     torch.set_num_threads(before)
 
 
 def test_map_loading_runs_the_items_at_once_in_order_and_raises_their_error(two_torch_threads) -> None:
     import threading
-    out = images.map_loading(_thread_of(threading.Barrier(2)), [5, 7])  # would time out one by one
-    assert [x for x, _ in out] == [5, 7] and all(name.startswith("load") for _, name in out)
+    out = images.map_loading(_thread_of(threading.Barrier(2)), [0, 5, 7])  # 5 and 7 would time out one by one
+    assert [x for x, _ in out] == [0, 5, 7] and all(name.startswith("load") for _, name in out[1:])
 
     def fail_on_3(x: int) -> int:
         if x == 3:
@@ -193,28 +196,37 @@ def test_map_loading_runs_the_items_at_once_in_order_and_raises_their_error(two_
         images.map_loading(fail_on_3, [1, 2, 3, 4])
 
 
-def test_map_loading_is_one_by_one_with_one_torch_thread() -> None:
+def _names(items: list[int]) -> list[tuple[int, str]]:
     import threading
+    return images.map_loading(lambda x: (x, threading.current_thread().name), items)
+
+
+def test_map_loading_is_one_by_one_with_one_torch_thread_or_fast_items(monkeypatch) -> None:
+    import threading
+    here = threading.current_thread().name
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a DataLoader worker
     try:
-        out = images.map_loading(lambda x: (x, threading.current_thread().name), [1, 2, 3])
+        torch.set_num_threads(1)  # as in a DataLoader worker
+        monkeypatch.setattr(images, "PARALLEL_MIN_S", 0.0)
+        assert _names([1, 2, 3]) == [(x, here) for x in (1, 2, 3)]
+        torch.set_num_threads(2)
+        monkeypatch.setattr(images, "PARALLEL_MIN_S", 1e9)  # the first item was fast: no hand-off to threads
+        assert _names([1, 2, 3]) == [(x, here) for x in (1, 2, 3)]
     finally:
         torch.set_num_threads(before)
-    assert out == [(x, threading.current_thread().name) for x in (1, 2, 3)]
 
 
 def test_map_loading_works_in_a_forked_child_of_a_process_that_used_it(two_torch_threads) -> None:
     import multiprocessing as mp
     import threading
-    images.map_loading(_thread_of(threading.Barrier(2)), [1, 2])  # the parent's pool has all its threads;
+    images.map_loading(_thread_of(threading.Barrier(2)), [0, 1, 2])  # the parent's pool has all its threads;
     # none survives a fork: a child reusing the pool would wait forever for threads it thinks are idle
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=lambda: child.send(images.map_loading(abs, [-3, -4, -5])))
+    proc = ctx.Process(target=lambda: child.send(images.map_loading(abs, [-3, -4, -5, -6])))
     proc.start()
     ready = parent.poll(timeout=30)
     proc.join(timeout=5)
     if proc.is_alive():
         proc.kill()
-    assert ready and parent.recv() == [3, 4, 5]
+    assert ready and parent.recv() == [3, 4, 5, 6]
