@@ -155,15 +155,9 @@ class BaseDataset(data.Dataset):
             return self.pixel_cache.read(index)
         return load_image(self.images_paths[index], self.resize)
 
-    def load_uint8_many(self, indices: list[int]) -> list[torch.Tensor]:
-        """load_uint8 of each index, decoded in parallel by images.map_loading (the pixel cache: one by one)."""
-        if self.pixel_cache is not None:
-            return [self.pixel_cache.read(i) for i in indices]
-        return map_loading(self.load_uint8, indices)
-
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
-        """The items of a batch (what a DataLoader asks for), their images loaded together."""
-        return list(zip(self.load_uint8_many(indices), indices))
+        """The items of a batch (what a DataLoader asks for), their images loaded together (images.map_loading)."""
+        return list(zip(map_loading(self.load_uint8, indices), indices))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """(uint8 image 3×H×W, index); images.to_input normalizes whole batches."""
@@ -240,7 +234,7 @@ class TripletsDataset(BaseDataset):
         of the batch loaded together; augmented afterwards, item by item, in the order of one-by-one loading."""
         rows = self.triplets[indices]  # B×(2+K): query, positive, negatives
         ids = np.concatenate([rows[:, :1] + self.database_num, rows[:, 1:]], axis=1)  # database-then-queries
-        loaded = self.load_uint8_many(ids.ravel().tolist())
+        loaded = map_loading(self.load_uint8, ids.ravel().tolist())
         n, items = ids.shape[1], []
         for b, row in enumerate(ids):
             images = loaded[b * n:(b + 1) * n]

@@ -10,6 +10,8 @@ rounding change of a libjpeg-turbo update, and still fails for the fast IDCT (ma
 from __future__ import annotations
 
 import io
+import multiprocessing as mp
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -165,8 +167,6 @@ def test_normalize_is_the_same_multiply_add_in_every_layout(layout) -> None:
 def _thread_of(barrier):
     """A task that waits (at most 10 s) until `barrier.parties` tasks run at once (the first item, loaded alone,
     does not wait), then names its thread."""
-    import threading
-
     def task(x: int) -> tuple[int, str]:
         if x != 0:
             barrier.wait(timeout=10)
@@ -184,7 +184,6 @@ def two_torch_threads(monkeypatch):
 
 
 def test_map_loading_runs_the_items_at_once_in_order_and_raises_their_error(two_torch_threads) -> None:
-    import threading
     out = images.map_loading(_thread_of(threading.Barrier(2)), [0, 5, 7])  # 5 and 7 would time out one by one
     assert [x for x, _ in out] == [0, 5, 7] and all(name.startswith("load") for _, name in out[1:])
 
@@ -197,12 +196,10 @@ def test_map_loading_runs_the_items_at_once_in_order_and_raises_their_error(two_
 
 
 def _names(items: list[int]) -> list[tuple[int, str]]:
-    import threading
     return images.map_loading(lambda x: (x, threading.current_thread().name), items)
 
 
 def test_map_loading_is_one_by_one_with_one_torch_thread_or_fast_items(monkeypatch) -> None:
-    import threading
     here = threading.current_thread().name
     before = torch.get_num_threads()
     try:
@@ -217,8 +214,6 @@ def test_map_loading_is_one_by_one_with_one_torch_thread_or_fast_items(monkeypat
 
 
 def test_map_loading_works_in_a_forked_child_of_a_process_that_used_it(two_torch_threads) -> None:
-    import multiprocessing as mp
-    import threading
     images.map_loading(_thread_of(threading.Barrier(2)), [0, 1, 2])  # the parent's pool has all its threads;
     # none survives a fork: a child reusing the pool would wait forever for threads it thinks are idle
     ctx = mp.get_context("fork")

@@ -109,11 +109,12 @@ def model_rates(flags: list[str], device: str, r: dict) -> dict[str, float]:
     runs = {"forward": model_run(model, args, device, 4 * r["batch"], uses_channels_last(device, args.precision)),
             "train": step_rate(model, flags, device, r, r["negs"]),
             "train_fewer_negs": step_rate(model, flags, device, r, FEWER_NEGS)}
+    for run in runs.values():
+        run(True)  # warm-up: one-time costs (oneDNN primitives)
     best = dict.fromkeys(runs, 0.0)
-    for warmup in [True] + [False] * r["repeats"]:
+    for _ in range(r["repeats"]):  # interleaved, so that a slow spell of the machine touches every rate alike
         for name, run in runs.items():
-            rate = run(warmup)
-            best[name] = best[name] if warmup else max(best[name], rate)
+            best[name] = max(best[name], run(False))
     return best
 
 
